@@ -1,0 +1,1 @@
+"""bertrec: language-model recommendations with an MLOps pipeline."""

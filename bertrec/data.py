@@ -1,0 +1,179 @@
+"""The `prepare` step: a source's log and items become clean, indexed Parquet tables and a manifest.
+
+Outputs (in ``paths.prepared``, replaced atomically):
+
+- ``interactions.parquet``: ``user_id``, ``item_id``, ``timestamp``, [``rating``], ``user_idx``,
+  ``item_idx``; sorted by user, then stably by timestamp (ties keep the source file's order).
+- ``items.parquet``: ``item_idx``, ``item_id``, ``text`` and the template's fields; the whole
+  catalogue in id order (numeric when all ids are integers), so ``item_idx`` order is id order.
+- ``manifest.json``: source, route, row counts, dropped rows by reason, content hashes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bertrec.config import DataParams, Params
+from bertrec.formats import Loaded
+from bertrec.io import atomic_dir, sha256_file, write_json, write_parquet
+from bertrec.sources import load_source
+from bertrec.tables import DataError, id_order
+from bertrec.text import render_texts
+
+log = logging.getLogger(__name__)
+
+INTERACTIONS_FILE = "interactions.parquet"
+ITEMS_FILE = "items.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Prepared tables: the catalogue and the log, with dense indices."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.interactions["user_idx"].max()) + 1 if len(self.interactions) else 0
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    dataset: Dataset
+    dropped: dict[str, int]
+    raw_rows: int
+
+
+def clean(loaded: Loaded, params: DataParams) -> Cleaned:
+    """Apply the data policy of params: minimum rating, unknown items, duplicates; index and order.
+
+    Raises:
+        DataError: a policy says ``fail``, or more than ``max_drop_fraction`` of the rows would be
+            dropped; the message names file, row, column and value.
+    """
+    inter, table = loaded.interactions, loaded.inter_table
+    raw_rows = len(inter)
+    dropped: dict[str, int] = {}
+    keep = np.ones(raw_rows, dtype=bool)
+
+    if params.min_rating is not None:
+        if "rating" not in inter:
+            raise DataError(f"{table.path}: data.min_rating is set but the log has no rating column")
+        low = inter["rating"].to_numpy() < params.min_rating
+        dropped["below_min_rating"] = int(low.sum())
+        keep &= ~low
+
+    known = inter["item_id"].isin(loaded.items["item_id"]).to_numpy()
+    if not known.all():
+        if params.unknown_items == "fail":
+            raise table.fail(~known, loaded.columns["item_id"], f"an item id listed in {loaded.item_table.path}")
+        dropped["unknown_item"] = int((~known & keep).sum())
+        keep &= known
+
+    # Stable sort by timestamp: ties keep the order of the source file.
+    order = np.argsort(inter["timestamp"].to_numpy(), kind="stable")
+    order = order[keep[order]]
+    pairs = inter.iloc[order][["user_id", "item_id"]]
+    later = pairs.duplicated(keep="first").to_numpy()
+    if later.any():
+        if params.duplicates == "fail":
+            mask = np.zeros(raw_rows, dtype=bool)
+            mask[order[later]] = True
+            raise table.fail(mask, loaded.columns["item_id"], "each (user, item) pair once (data.duplicates: fail)")
+        dropped["duplicate"] = int(later.sum())
+        order = order[~later]
+
+    total_dropped = raw_rows - len(order)
+    if len(order) == 0:
+        raise DataError(f"{table.path}: no interactions left after cleaning (dropped: {dropped})")
+    if total_dropped > params.max_drop_fraction * raw_rows:
+        raise DataError(
+            f"{table.path}: cleaning would drop {total_dropped} of {raw_rows} rows ({dropped}), more than "
+            f"data.max_drop_fraction={params.max_drop_fraction}"
+        )
+    kept = inter.iloc[order].reset_index(drop=True)
+    kept.insert(0, "source_row", order)
+    return Cleaned(_index(kept, loaded, params), dropped, raw_rows)
+
+
+def _index(kept: pd.DataFrame, loaded: Loaded, params: DataParams) -> Dataset:
+    items = loaded.items.iloc[id_order(loaded.items["item_id"].to_numpy())].reset_index(drop=True)
+    try:
+        text = render_texts(items, params.text_template, params.list_fields, loaded.list_sep)
+    except ValueError as exc:
+        raise DataError(f"{loaded.item_table.path}: {exc}") from None
+    items.insert(0, "item_idx", np.arange(len(items), dtype=np.int32))
+    items.insert(2, "text", text)
+
+    users = kept["user_id"].unique()
+    users = users[id_order(users)]
+    user_idx = pd.Series(np.arange(len(users), dtype=np.int32), index=users)
+    item_idx = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].to_numpy())
+    kept["user_idx"] = user_idx.loc[kept["user_id"].to_numpy()].to_numpy()
+    kept["item_idx"] = item_idx.loc[kept["item_id"].to_numpy()].to_numpy()
+    # kept is already in (timestamp, source order); a stable sort by user keeps that within each user.
+    kept = kept.sort_values("user_idx", kind="stable").reset_index(drop=True)
+    return Dataset(kept.drop(columns="source_row"), items)
+
+
+def prepare(params: Params) -> dict[str, Any]:
+    """Load the configured source, clean it and write the prepared tables; return the manifest.
+
+    Nothing is written unless every check passed; the previous outputs stay as they were.
+    """
+    source = load_source(params)
+    cleaned = clean(source.loaded, params.data)
+    data = cleaned.dataset
+    manifest: dict[str, Any] = {
+        "dataset": source.name,
+        "source": params.data.source,
+        "format": source.loaded.format,
+        "route": source.route,
+        "detail": source.detail,
+        "inputs": {_display(p): sha256_file(p) for p in source.loaded.files},
+        "rows": {"raw": cleaned.raw_rows, "kept": len(data.interactions)},
+        "dropped": cleaned.dropped,
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "n_items_without_interactions": int(data.n_items - data.interactions["item_idx"].nunique()),
+        "text_template": params.data.text_template,
+        "outputs": {},
+    }
+    with atomic_dir(params.paths.prepared) as tmp:
+        write_parquet(data.interactions, tmp / INTERACTIONS_FILE)
+        write_parquet(data.items, tmp / ITEMS_FILE)
+        manifest["outputs"] = {name: sha256_file(tmp / name) for name in (INTERACTIONS_FILE, ITEMS_FILE)}
+        write_json(tmp / MANIFEST_FILE, manifest)
+    log.info(
+        "prepared %s: %d interactions, %d users, %d items; dropped %s",
+        source.name, len(data.interactions), data.n_users, data.n_items, cleaned.dropped or "nothing",
+    )  # fmt: skip
+    return manifest
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_dataset(folder: Path) -> Dataset:
+    """Read the outputs of `prepare`."""
+    folder = Path(folder)
+    for name in (INTERACTIONS_FILE, ITEMS_FILE):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder / name} not found; run `bertrec prepare` first")
+    return Dataset(pd.read_parquet(folder / INTERACTIONS_FILE), pd.read_parquet(folder / ITEMS_FILE))

@@ -1,0 +1,144 @@
+"""The one interface every recommender implements, and full-catalogue top-K ranking.
+
+A :class:`Scorer` is fitted on a :class:`TrainSet` and scores a batch of user histories against
+the whole catalogue. :func:`top_k` turns scores into ranked lists with the protocol's rules:
+history excluded, ties broken by item id ascending (``item_idx`` order is id order).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class Histories:
+    """Item sequences of a batch of users, oldest first, packed CSR-style.
+
+    ``items[indptr[u]:indptr[u + 1]]`` is user ``u``'s history.
+    """
+
+    indptr: np.ndarray  # (n_users + 1,)
+    items: np.ndarray  # (total,)
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def __getitem__(self, u: int) -> np.ndarray:
+        return self.items[self.indptr[u] : self.indptr[u + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def slice(self, start: int, stop: int) -> Histories:
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return Histories(self.indptr[start : stop + 1] - lo, self.items[lo:hi])
+
+    def matrix(self, n_items: int) -> sp.csr_matrix:
+        """Binary (n_users, n_items) matrix of who has which item in their history."""
+        data = np.ones(len(self.items), dtype=np.float32)
+        m = sp.csr_matrix((data, self.items, self.indptr), shape=(len(self), n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    def last(self, n: int) -> Histories:
+        """Each history cut to its ``n`` most recent items."""
+        lengths = self.lengths()
+        from_end = np.repeat(self.indptr[1:], lengths) - np.arange(len(self.items))  # 1 for the newest
+        kept = np.minimum(lengths, n)
+        return Histories(np.r_[0, np.cumsum(kept)].astype(np.int64), self.items[from_end <= n])
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, users: np.ndarray) -> Histories:
+        """Histories of ``users`` from rows (``user_idx``, ``item_idx``, ``seq``), ordered by ``seq``."""
+        frame = frame.sort_values(["user_idx", "seq"], kind="stable")
+        u = frame["user_idx"].to_numpy()
+        lo = np.searchsorted(u, users, side="left")
+        hi = np.searchsorted(u, users, side="right")
+        lengths = hi - lo
+        indptr = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        take = np.repeat(lo - indptr[:-1], lengths) + np.arange(indptr[-1])
+        return cls(indptr, frame["item_idx"].to_numpy()[take].astype(np.int64))
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """What a scorer may learn from: training interactions and the item table."""
+
+    n_users: int
+    n_items: int
+    interactions: pd.DataFrame  # user_idx, item_idx, timestamp, seq: training rows only
+    items: pd.DataFrame  # item_idx, item_id, text, ...: the whole catalogue
+
+    def histories(self) -> Histories:
+        """Every user's training history (users without training rows have empty ones)."""
+        return Histories.from_frame(self.interactions, np.arange(self.n_users))
+
+    def popularity(self) -> np.ndarray:
+        """Training interactions per item: (n_items,)."""
+        return np.bincount(self.interactions["item_idx"].to_numpy(), minlength=self.n_items).astype(np.int64)
+
+
+class Scorer(ABC):
+    """A recommender: fit on training data, then score batches of histories."""
+
+    name: str = "scorer"
+
+    @abstractmethod
+    def fit(self, train: TrainSet) -> Scorer:
+        """Learn from ``train``; return self."""
+
+    @abstractmethod
+    def score(self, histories: Histories) -> np.ndarray:
+        """Scores of every catalogue item for each history: float32 (batch, n_items); higher is better."""
+
+    def recommend(
+        self, histories: Histories, k: int, exclude: Histories | None = None, candidates: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Top-``k`` item indices per history (batch, k); ``exclude`` (default: the history) never appears.
+
+        ``candidates`` restricts the ranking to those items. Slots that no item can fill are -1.
+        """
+        scores = self.score(histories)
+        mask_out(scores, histories if exclude is None else exclude, candidates)
+        return top_k(scores, k)
+
+
+def mask_out(scores: np.ndarray, exclude: Histories, candidates: np.ndarray | None = None) -> None:
+    """In place: -inf for each row's excluded items, and for non-candidates when given."""
+    if candidates is not None:
+        allowed = np.zeros(scores.shape[1], dtype=bool)
+        allowed[candidates] = True
+        scores[:, ~allowed] = -np.inf
+    rows = np.repeat(np.arange(len(exclude)), exclude.lengths())
+    scores[rows, exclude.items] = -np.inf
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores per row, best first; ties by index ascending; -inf slots are -1.
+
+    Exact and deterministic: the ``k``-th value is found by partition, then every item above it and
+    the lowest-indexed items equal to it are taken. Runs in O(batch * n_items).
+    """
+    n_rows, n_items = scores.shape
+    k_eff = min(k, n_items)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    kth = -np.partition(-scores, k_eff - 1, axis=1)[:, k_eff - 1 : k_eff]  # (rows, 1): the k-th largest
+    above = scores > kth
+    tied = scores == kth
+    room = k_eff - above.sum(axis=1, keepdims=True)  # how many tied items fit
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    cols = np.nonzero(chosen)[1].reshape(n_rows, k_eff)  # ascending index within each row
+    picked = np.take_along_axis(scores, cols, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")  # stable: equal scores keep index order
+    result = np.take_along_axis(cols, order, axis=1)
+    result[np.take_along_axis(picked, order, axis=1) == -np.inf] = -1
+    if k_eff < k:
+        result = np.pad(result, ((0, 0), (0, k - k_eff)), constant_values=-1)
+    return result
