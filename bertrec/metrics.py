@@ -114,6 +114,7 @@ def compute_metrics(
     safe = np.where(valid, topk, 0)
 
     tail_pos = positives.multiply(reference.tail[None, :].astype(np.float32)).tocsr()
+    tail_pos.eliminate_zeros()  # multiply keeps head positives as explicit zeros
     tail_users = np.diff(tail_pos.indptr) > 0
     tail_hits = hits_matrix(topk[tail_users], tail_pos[tail_users])
     n_catalogue = reference.n_items if candidates is None else len(candidates)

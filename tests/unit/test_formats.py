@@ -10,63 +10,7 @@ import pandas as pd
 import pytest
 
 from bertrec.data import load_dataset, prepare
-
-GENRES_100K = "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\nDocumentary|7\n" \
-    "Drama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\nMusical|12\nMystery|13\nRomance|14\nSci-Fi|15\n" \
-    "Thriller|16\nWar|17\nWestern|18\n"  # fmt: skip
-
-
-def flags(*on: int) -> str:
-    return "|".join("1" if i in on else "0" for i in range(19))
-
-
-def write_ml100k(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "u.data").write_text("1\t2\t4\t100\n1\t1\t5\t50\n2\t1\t3\t70\n2\t3\t1\t70\n")
-    items = [
-        f"1|Toy Story (1995)|01-Jan-1995||http://x|{flags(3, 4, 5)}",
-        f"2|Cité des enfants perdus, La (1995)|01-Jan-1995||http://x|{flags(8, 15)}",
-        f"3|unknown|||http://x|{flags(0)}",
-    ]
-    (folder / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
-    (folder / "u.genre").write_text(GENRES_100K + "\n")
-    return folder
-
-
-def write_ml1m(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n")
-    movies = "10::Heat (1995)::Action|Crime|Thriller\n20::Amélie (2001)::Comedy|Romance\n"
-    (folder / "movies.dat").write_bytes(movies.encode("latin-1"))
-    return folder
-
-
-def write_ml_latest(folder: Path, tags: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ratings.csv").write_text(
-        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n2,1,2.5,964982224\n"
-    )
-    (folder / "movies.csv").write_text(
-        'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n3,"American President, The (1995)",'
-        "(no genres listed)\n"
-    )
-    if tags:
-        (folder / "tags.csv").write_text(
-            "userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,pixar,2\n2,1,fun,3\n1,3,politics,4\n"
-        )
-    return folder
-
-
-def write_recbole(folder: Path, name: str = "toy") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.inter").write_text(
-        "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t3\t10\nu1\ti2\t4\t5\nu2\ti2\t5\t7\n"
-    )
-    (folder / f"{name}.item").write_text(
-        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-        "i1\tSpace Robot\t1990\tAction Drama\ni2\tGhost City\t2000\tHorror\n"
-    )
-    return folder
+from builders import write_ml100k, write_ml1m, write_ml_latest, write_recbole
 
 
 def test_ml100k_raw_layout(make_params, tmp_path):
