@@ -101,7 +101,8 @@ def compute_metrics(
     """
     if topk.shape[1] < max(ks):
         raise ValueError(f"top-K lists have {topk.shape[1]} columns; need at least {max(ks)}")
-    positives = sp.csr_matrix(positives)
+    positives = sp.csr_matrix(positives, copy=True)
+    positives.eliminate_zeros()  # an explicit zero is not a positive
     n_users = topk.shape[0]
     n_pos = np.diff(positives.indptr)
     if n_users == 0 or (n_pos == 0).any():

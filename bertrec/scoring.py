@@ -133,7 +133,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     above = scores > kth
     tied = scores == kth
     room = k_eff - above.sum(axis=1, keepdims=True)  # how many tied items fit
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
     cols = np.nonzero(chosen)[1].reshape(n_rows, k_eff)  # ascending index within each row
     picked = np.take_along_axis(scores, cols, axis=1)
     order = np.argsort(-picked, axis=1, kind="stable")  # stable: equal scores keep index order
