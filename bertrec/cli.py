@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -128,6 +129,121 @@ def baselines(
             typer.echo(markdown_table(results, target, min(p.eval.ks)))
     write_json(out_path, report)
     typer.echo(f"\n-> {out_path}")
+
+
+SplitOpt = Annotated[
+    str | None, typer.Option("--split", help=f"Split to train on: {', '.join(SPLITS)} (default: train.split).")
+]
+
+
+@app.command()
+def train(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, split_name: SplitOpt = None) -> None:
+    """Fine-tune the two-tower model on a split's training data; write the bundle's model/ part.
+
+    Checkpoints go to <bundle>/checkpoints after every epoch; an interrupted run resumes from the last.
+    """
+    from bertrec.bundle import save_model, training_record
+    from bertrec.data import load_dataset
+    from bertrec.split import read_split
+    from bertrec.train import train as run_train
+
+    p = _params(params, [*(set_ or []), *([f"train.split={split_name}"] if split_name else [])])
+    data = load_dataset(p.paths.prepared)
+    loaded = read_split(p.paths.splits, p.train.split, data.n_users, data.n_items)
+    work = p.paths.bundle / "checkpoints"
+    result = run_train(p, loaded, data.items, work)
+    target = save_model(result.scorer, data.items, p.paths.bundle, training_record(result, p, loaded.name))
+    shutil.rmtree(work, ignore_errors=True)
+    typer.echo(
+        f"trained on {loaded.name}: best epoch {result.best_epoch}, valid NDCG@10 "
+        f"{result.best_valid.get('NDCG@10', float('nan')):.4f} -> {target}"
+    )
+
+
+@app.command()
+def embed(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Encode every catalogue item from its text through the trained item tower (float16 + id map)."""
+    from bertrec.bundle import load_model
+    from bertrec.embed import embed_catalogue, write_embeddings
+
+    p = _params(params, set_)
+    scorer, items = load_model(p.paths.bundle, p.train.device)
+    vectors, stats = embed_catalogue(scorer, items, p.model.encode_batch_size)
+    target = write_embeddings(vectors, items, p.paths.bundle, stats)
+    typer.echo(f"{stats.n_items} items x {stats.dim} in {stats.seconds:.1f}s ({stats.items_per_second:.0f} items/s) -> {target}")
+
+
+@app.command()
+def index(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Build the FAISS index of the item vectors; measure its recall@10 against exact search."""
+    from bertrec.bundle import INDEX
+    from bertrec.embed import read_embeddings
+    from bertrec.index import write_index
+
+    p = _params(params, set_)
+    vectors, _ = read_embeddings(p.paths.bundle)
+    info = write_index(vectors, p.paths.bundle / INDEX, p.index.factory, p.index.recall_sample)
+    typer.echo(f"{info.factory} over {info.n_items} items, recall@10 vs exact {info.recall_at_10:.4f} -> {p.paths.bundle / INDEX}")
+
+
+@app.command()
+def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Evaluate the trained model beside every baseline on the split it was trained on; one table."""
+    from bertrec.baselines import make_baselines
+    from bertrec.bundle import MODEL, load_model
+    from bertrec.data import load_dataset
+    from bertrec.evaluate import evaluate_split, targets
+    from bertrec.io import write_json
+    from bertrec.report import markdown_table
+    from bertrec.split import read_split
+
+    p = _params(params, set_)
+    data = load_dataset(p.paths.prepared)
+    scorer, _ = load_model(p.paths.bundle, p.train.device)
+    trained_on = json.loads((p.paths.bundle / MODEL / "training.json").read_text())["split"]
+    loaded = read_split(p.paths.splits, trained_on, data.n_users, data.n_items)
+    results = evaluate_split(
+        [scorer, *make_baselines(p)], loaded, data.items, p.eval.ks, p.eval.batch_size, p.paths.outputs / "topk"
+    )
+    for target in targets(loaded):
+        typer.echo(f"\n{trained_on} · {target}\n")
+        typer.echo(markdown_table(results, target, min(p.eval.ks)))
+    out = p.paths.metrics / "evaluate.json"
+    write_json(out, {"split": trained_on, "results": results})
+    typer.echo(f"\n-> {out}")
+
+
+@app.command()
+def recommend(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    user: Annotated[str | None, typer.Option("--user", help="A user id of the prepared data: their full history.")] = None,
+    history: Annotated[str | None, typer.Option("--history", help="Item ids, oldest first, comma-separated.")] = None,
+    k: Annotated[int, typer.Option("--k", help="How many items.")] = 10,
+) -> None:
+    """Recommend for a known user or an ad-hoc history, with the history item behind each pick."""
+    from bertrec.data import load_dataset
+    from bertrec.recommend import Recommender, UnknownItemError
+
+    p = _params(params, set_)
+    if (user is None) == (history is None):
+        raise _fail(ValueError("give exactly one of --user or --history"))
+    if user is not None:
+        log = load_dataset(p.paths.prepared).interactions
+        items = log.loc[log["user_id"] == user, "item_id"].astype(str).tolist()
+        if not items:
+            raise _fail(ValueError(f"user {user!r} is not in {p.paths.prepared}"))
+    else:
+        items = [i.strip() for i in history.split(",") if i.strip()]
+    recommender = Recommender(p.paths.bundle, p.train.device)
+    try:
+        picks = recommender.recommend(items, k)
+    except UnknownItemError as exc:
+        raise _fail(exc) from None
+    texts = dict(zip(recommender.item_ids, recommender.items["text"]))
+    for rank, pick in enumerate(picks, 1):
+        because = f"  (because: {texts[pick.because]})" if pick.because else ""
+        typer.echo(f"{rank:>2}. {texts[pick.item_id]}  [{pick.score:.2f}]{because}")
 
 
 if __name__ == "__main__":

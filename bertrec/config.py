@@ -36,6 +36,7 @@ class PathsParams(_Section):
     metrics: Path = Path("metrics")
     outputs: Path = Path("outputs")
     cache: Path = Path(".cache/bertrec")
+    bundle: Path = Path("outputs/bundle")
 
 
 class ColumnParams(_Section):
@@ -110,6 +111,38 @@ class ModelParams(_Section):
     encoder: str = DEFAULT_ENCODER
     max_length: int = Field(64, gt=0)
     encode_batch_size: int = Field(128, gt=0)
+    item_repr: Literal["text", "id", "hybrid"] = "hybrid"
+    user_encoder: Literal["sequence", "text"] = "sequence"
+    dim: int = Field(64, gt=0)
+    max_history: int = Field(50, gt=1)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(2, gt=0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    temperature: float = Field(0.05, gt=0.0)
+
+
+class TrainParams(_Section):
+    split: Literal["loo", "ratio", "cold_items"] = "loo"
+    epochs: int = Field(60, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0.0)
+    encoder_lr: float = Field(2e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    freeze_layers: int | Literal["all"] = "all"
+    loss: Literal["full", "sampled"] = "full"
+    negatives: int = Field(1024, gt=0)
+    logq: bool = True
+    patience: int = Field(5, gt=0)
+    seed: int = 2026
+    device: str = "auto"
+    text_user_positions: int = Field(10, gt=0)
+
+
+class IndexParams(_Section):
+    factory: str = "auto"
+    recall_sample: int = Field(1000, gt=0)
 
 
 class Params(_Section):
@@ -119,6 +152,8 @@ class Params(_Section):
     eval: EvalParams = EvalParams()
     baselines: BaselineParams = BaselineParams()
     model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    index: IndexParams = IndexParams()
 
     def flat(self) -> dict[str, Any]:
         """The resolved params as ``{"section.key": value}`` (for logging and tracking)."""

@@ -60,3 +60,30 @@ def write_recbole(folder: Path, name: str = "toy") -> Path:
         "i1\tSpace Robot\t1990\tAction Drama\ni2\tGhost City\t2000\tHorror\n"
     )
     return folder
+
+
+def cyclic_dataset(n_users: int = 60, n_items: int = 60, length: int = 12, seed: int = 0):
+    """A log where the next item is learnable: each user walks the catalogue in steps of +1 (mod n_items).
+
+    Returns a ``bertrec.data.Dataset`` whose items have short texts from the tiny tokenizer's vocabulary.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from bertrec.data import Dataset
+
+    words = ["action", "comedy", "drama", "horror", "romance", "war", "space", "robot", "love", "ghost"]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        for t in range(length):
+            rows.append((str(u), str((start + t) % n_items), t, u, (start + t) % n_items))
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "user_idx", "item_idx"])
+    items = pd.DataFrame({
+        "item_idx": np.arange(n_items, dtype=np.int32),
+        "item_id": [str(i) for i in range(n_items)],
+        "text": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]} movie" for i in range(n_items)],
+        "title": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]}" for i in range(n_items)],
+    })  # fmt: skip
+    return Dataset(interactions, items)

@@ -1,0 +1,116 @@
+"""Serving: one object that loads a bundle and answers ``recommend(history, k)``.
+
+Candidates come from the FAISS index of the bundle; each recommendation carries the history item
+most similar to it ("because you watched X"). ``add_items`` encodes new items from their text alone
+and adds them to the index, so they can be recommended before anyone has interacted with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bertrec.bundle import INDEX, load_model
+from bertrec.embed import encode_items, read_embeddings
+from bertrec.index import read_index
+from bertrec.scoring import Histories
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    because: str | None  # the history item most similar to this one
+
+
+class UnknownItemError(KeyError):
+    """A history names an item id that the bundle does not know."""
+
+
+class Recommender:
+    """A trained bundle (towers, vectors, FAISS index, item table) ready to answer queries."""
+
+    def __init__(self, bundle: Path, device: str = "auto") -> None:
+        self.bundle = Path(bundle)
+        self.scorer, self.items = load_model(self.bundle, device)
+        self.vectors, _ = read_embeddings(self.bundle)  # (n, dim) unit norm
+        self.index, self.index_info = read_index(self.bundle / INDEX)
+        self._refresh_ids()
+
+    def _refresh_ids(self) -> None:
+        self.item_ids = self.items["item_id"].astype(str).to_numpy()
+        self.position = {item: i for i, item in enumerate(self.item_ids)}
+
+    def to_indices(self, history: list[str]) -> np.ndarray:
+        """Item ids -> catalogue rows. Raises UnknownItemError naming the id."""
+        try:
+            return np.array([self.position[str(i)] for i in history], dtype=np.int64)
+        except KeyError as exc:
+            raise UnknownItemError(f"item id {exc.args[0]!r} is not in the catalogue of {self.bundle}") from None
+
+    def user_vectors(self, histories: list[list[str]]) -> np.ndarray:
+        """(batch, dim) user vectors, computed from the stored item vectors."""
+        rows = [self.to_indices(h) for h in histories]
+        packed = Histories(np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64),
+                           np.concatenate(rows) if rows else np.empty(0, np.int64))  # fmt: skip
+        vectors = torch.from_numpy(self.vectors).to(self.scorer.device)
+        return self.scorer.user_vectors_for(packed, vectors).float().cpu().numpy()
+
+    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
+        """Top-``k`` items for one history (oldest first)."""
+        return self.recommend_batch([history], k, exclude_history)[0]
+
+    def recommend_batch(self, histories: list[list[str]], k: int = 10,
+                        exclude_history: bool = True) -> list[list[Recommendation]]:  # fmt: skip
+        """Top-``k`` items for each history; ties in score go to the lower catalogue row."""
+        users = self.user_vectors(histories)
+        longest = max((len(h) for h in histories), default=0)
+        depth = min(len(self.item_ids), k + (longest if exclude_history else 0))
+        scores, found = self.index.search(np.ascontiguousarray(users, dtype=np.float32), depth)
+        results = []
+        for history, row_scores, row_items in zip(histories, scores, found):
+            seen = set(self.to_indices(history).tolist()) if exclude_history else set()
+            picked = [(float(s), int(i)) for s, i in zip(row_scores, row_items) if i >= 0 and int(i) not in seen]
+            picked.sort(key=lambda pair: (-pair[0], pair[1]))
+            results.append([self._explain(i, s, history) for s, i in picked[:k]])
+        return results
+
+    def _explain(self, item: int, score: float, history: list[str]) -> Recommendation:
+        because = None
+        if history:
+            rows = self.to_indices(history)
+            because = self.item_ids[rows[int(np.argmax(self.vectors[rows] @ self.vectors[item]))]]
+        return Recommendation(self.item_ids[item], score / self.scorer.model.config.temperature, because)
+
+    def add_items(self, new_items: pd.DataFrame) -> None:
+        """Encode ``new_items`` (``item_id``, ``text``) from their text and add them to the index.
+
+        Raises:
+            ValueError: an id already in the catalogue, or a missing/empty text.
+        """
+        missing = {"item_id", "text"} - set(new_items.columns)
+        if missing:
+            raise ValueError(f"new items need columns item_id and text; missing {sorted(missing)}")
+        ids = new_items["item_id"].astype(str).to_numpy()
+        clash = [i for i in ids if i in self.position]
+        if clash:
+            raise ValueError(f"item ids already in the catalogue: {clash[:5]}")
+        empty = new_items["text"].fillna("").astype(str).str.strip() == ""
+        if empty.any():
+            raise ValueError(f"new items without text: {ids[empty.to_numpy()][:5].tolist()}")
+        if not self.scorer.model.items.use_text:
+            raise ValueError("this bundle's item tower uses ids only (model.item_repr: id); it cannot encode new items")
+        start = len(self.item_ids)
+        rows = np.arange(start, start + len(ids))
+        vectors = encode_items(self.scorer, new_items["text"].tolist(), rows, progress=False)
+        self.index.add(np.ascontiguousarray(vectors))
+        self.vectors = np.vstack([self.vectors, vectors])
+        added = pd.DataFrame({"item_idx": rows, "item_id": ids, "text": new_items["text"].to_numpy()})
+        self.items = pd.concat([self.items, added], ignore_index=True)
+        titles = new_items["title"] if "title" in new_items else new_items["text"]
+        self.scorer.titles = np.concatenate([self.scorer.titles, titles.to_numpy(dtype=object)])
+        self._refresh_ids()

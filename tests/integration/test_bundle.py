@@ -1,0 +1,94 @@
+"""The bundle end to end on synthetic data: train, save, embed, index, serve, add a new item."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertrec.bundle import INDEX, load_model, save_model, training_record
+from bertrec.embed import embed_catalogue, write_embeddings
+from bertrec.index import write_index
+from bertrec.recommend import Recommender, UnknownItemError
+from bertrec.split import split_loo
+from bertrec.train import train
+from builders import cyclic_dataset
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_encoder):
+    from bertrec.config import load_params
+    from conftest import paths_under
+
+    root = tmp_path_factory.mktemp("bundle")
+    params = load_params(root / "absent.yaml", [
+        *paths_under(root), f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.max_history=8",
+        "model.dropout=0.0", "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=10",
+        "eval.batch_size=32",
+    ])  # fmt: skip
+    data = cyclic_dataset()
+    split = split_loo(data)
+    result = train(params, split, data.items, root / "work")
+    save_model(result.scorer, data.items, params.paths.bundle, training_record(result, params, "loo"))
+    scorer, items = load_model(params.paths.bundle)
+    vectors, stats = embed_catalogue(scorer, items)
+    write_embeddings(vectors, items, params.paths.bundle, stats)
+    write_index(vectors, params.paths.bundle / INDEX, "Flat")
+    return params.paths.bundle, result, data, split
+
+
+def test_saved_model_scores_like_the_trained_one(bundle):
+    path, result, _, split = bundle
+    loaded, _ = load_model(path)
+    from bertrec.evaluate import build_cases
+
+    context = build_cases(split, "valid").context.slice(0, 8)
+    assert np.allclose(loaded.score(context), result.scorer.score(context), atol=1e-4)
+
+
+def test_recommend_excludes_history_and_explains_from_it(bundle):
+    path, _, _, _ = bundle
+    recommender = Recommender(path)
+    history = ["3", "4", "5", "6"]
+    picks = recommender.recommend(history, k=5)
+    assert len(picks) == 5
+    assert not {p.item_id for p in picks} & set(history)
+    assert all(p.because in history for p in picks)
+    assert picks[0].item_id == "7"  # the learned next step of the walk
+    assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
+
+
+def test_recommend_matches_full_scoring(bundle):
+    path, _, _, _ = bundle
+    recommender = Recommender(path)
+    from bertrec.scoring import Histories
+
+    history = ["10", "11", "12"]
+    rows = recommender.to_indices(history)
+    scores = recommender.scorer.score(Histories(np.array([0, 3]), rows))[0]
+    scores[rows] = -np.inf
+    expected = [recommender.item_ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
+    assert [p.item_id for p in recommender.recommend(history, k=5)] == expected
+
+
+def test_unknown_history_item_is_named(bundle):
+    recommender = Recommender(bundle[0])
+    with pytest.raises(UnknownItemError, match="'nope'"):
+        recommender.recommend(["1", "nope"])
+
+
+def test_add_items_makes_a_new_item_retrievable_by_its_text(bundle):
+    # Given a new item whose text is identical to item 7's, which nobody has interacted with
+    recommender = Recommender(bundle[0])
+    text7 = recommender.items.loc[recommender.items["item_id"] == "7", "text"].item()
+    before = recommender.index.ntotal
+    recommender.add_items(pd.DataFrame({"item_id": ["new-1"], "text": [text7]}))
+    # Then the index grows, the new item's vector is item 7's text part, and it can be recommended
+    assert recommender.index.ntotal == before + 1
+    query = recommender.vectors[-1:]
+    _, found = recommender.index.search(query, 1)
+    assert recommender.item_ids[found[0, 0]] == "new-1"
+    picks = recommender.recommend(["3", "4", "5", "6"], k=recommender.index.ntotal - 4)
+    assert "new-1" in {p.item_id for p in picks}
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        recommender.add_items(pd.DataFrame({"item_id": ["new-1"], "text": ["x"]}))

@@ -1,0 +1,114 @@
+"""Training: the losses against slow references, logQ, windows, learning, and resume after a crash."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bertrec.baselines import Popular
+from bertrec.evaluate import build_cases, evaluate, train_set
+from bertrec.metrics import Reference
+from bertrec.scoring import Histories
+from bertrec.split import split_loo
+from bertrec.train import full_softmax_loss, logq_correct, make_windows, sampled_softmax_loss, train
+from builders import cyclic_dataset
+
+
+def test_full_softmax_loss_matches_a_slow_reference():
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        users, items = torch.randn(3, 4, 5, generator=rng), torch.randn(7, 5, generator=rng)
+        targets = torch.randint(-1, 7, (3, 4), generator=rng)
+        targets[0, 0] = 2  # at least one target
+        total, count = 0.0, 0
+        for b in range(3):
+            for t in range(4):
+                if targets[b, t] < 0:
+                    continue
+                logits = [float(users[b, t] @ items[j]) / 0.1 for j in range(7)]
+                total += -logits[targets[b, t]] + math.log(sum(math.exp(x) for x in logits))
+                count += 1
+        assert float(full_softmax_loss(users, items, targets, 0.1)) == pytest.approx(total / count, rel=1e-4)
+
+
+def test_sampled_loss_with_logq_matches_a_slow_reference():
+    rng = torch.Generator().manual_seed(1)
+    users, candidates = torch.randn(4, 3, generator=rng), torch.randn(6, 3, generator=rng)
+    targets, log_q = torch.tensor([0, 5, 2, 2]), torch.log(torch.rand(6, generator=rng))
+    expected = 0.0
+    for n in range(4):
+        logits = [float(users[n] @ candidates[c]) / 0.5 - float(log_q[c]) for c in range(6)]
+        expected += -logits[targets[n]] + math.log(sum(math.exp(x) for x in logits))
+    assert float(sampled_softmax_loss(users, candidates, targets, log_q, 0.5)) == pytest.approx(expected / 4, rel=1e-4)
+
+
+def test_logq_lowers_popular_items_more_than_rare_ones():
+    # Given equal raw scores for a popular and a rare candidate
+    logits = torch.zeros(1, 2)
+    log_q = torch.log(torch.tensor([0.5, 0.001]))  # candidate 0 is sampled far more often
+    corrected = logq_correct(logits, log_q)
+    # Then after correction the rare item outranks the popular one
+    assert corrected[0, 1] > corrected[0, 0]
+    assert float(corrected[0, 1] - corrected[0, 0]) == pytest.approx(math.log(500), rel=1e-5)
+
+
+def test_windows_cut_long_histories_from_the_end():
+    histories = Histories(np.array([0, 7, 8]), np.arange(8))
+    windows = make_windows(histories, length=3)
+    # user 0: [0..6] -> [3..6] and [0..3], every transition once; user 1 has one item: no window
+    assert windows.inputs.tolist() == [[3, 4, 5], [0, 1, 2]]
+    assert windows.targets.tolist() == [[4, 5, 6], [1, 2, 3]]
+    short = make_windows(Histories(np.array([0, 2]), np.array([5, 9])), length=3)
+    assert short.inputs.tolist() == [[-1, -1, 5]] and short.targets.tolist() == [[-1, -1, 9]]
+
+
+def tiny_params(make_params, tiny_encoder, *extra: str):
+    return make_params(
+        f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.heads=2", "model.max_history=8",
+        "model.dropout=0.0", "train.batch_size=16", "train.warmup_steps=5", "train.lr=0.005", "train.patience=50",
+        "eval.batch_size=32", *extra,
+    )  # fmt: skip
+
+
+def test_training_a_tiny_bert_learns_the_next_item(make_params, tiny_encoder, tmp_path):
+    # Given a log where each user's next item is the current one + 1
+    data = cyclic_dataset()
+    split = split_loo(data)
+    # When the tiny two-tower model trains for a few epochs
+    result = train(tiny_params(make_params, tiny_encoder, "train.epochs=12"), split, data.items, tmp_path / "work")
+    # Then validation NDCG@10 is far above popularity's
+    train_data = train_set(split, data.items)
+    reference = Reference.from_train(train_data.interactions["item_idx"].to_numpy(), train_data.interactions["user_idx"].to_numpy(), split.n_items)
+    cases = build_cases(split, "valid")
+    popular = evaluate(Popular().fit(train_data), cases, reference, (10,)).metrics["NDCG@10"]
+    assert result.best_valid["NDCG@10"] > max(0.8, 3 * popular)
+    assert [e.epoch for e in result.epochs] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("extra", [(), ("train.loss=sampled", "train.negatives=8")])
+def test_resume_after_a_crash_gives_the_same_weights(make_params, tiny_encoder, tmp_path, extra):
+    data = cyclic_dataset(n_users=30)
+    split = split_loo(data)
+    params = tiny_params(make_params, tiny_encoder, "train.epochs=4", "model.dropout=0.1", *extra)
+    # Given an uninterrupted run
+    whole = train(params, split, data.items, tmp_path / "whole")
+
+    # When another run dies after epoch 2 and is started again on the same work folder
+    class Killed(Exception):
+        pass
+
+    def die_after_two(entry):
+        if entry.epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(params, split, data.items, tmp_path / "crash", on_epoch_end=die_after_two)
+    resumed = train(params, split, data.items, tmp_path / "crash")
+    # Then it picks up at epoch 3 and ends with exactly the same weights
+    assert [e.epoch for e in resumed.epochs] == [1, 2, 3, 4]
+    a, b = whole.scorer.state_dict(), resumed.scorer.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
