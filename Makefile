@@ -23,6 +23,11 @@ run: $(STAMP)
 	$(BIN)/bertrec prepare
 	$(BIN)/bertrec split
 	$(BIN)/bertrec baselines
+	$(BIN)/bertrec train
+	$(BIN)/bertrec embed
+	$(BIN)/bertrec index
+	$(BIN)/bertrec evaluate
+	$(BIN)/bertrec recommend --user 1 --k 5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

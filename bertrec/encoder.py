@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from bertrec.config import DEFAULT_ENCODER
 
@@ -58,6 +59,7 @@ class TextEncoder:
         if Path(where).is_dir():
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         log.info("loading encoder %s from %s", name, where)
+        hf_logging.disable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModel.from_pretrained(where, dtype=torch.float32)
         dev = pick_device(device)

@@ -178,17 +178,7 @@ def read_recbole(folder: Path, name: str, columns: ColumnParams, item_fields: di
     """
     inter = _strip_atomic_types(read_delimited(folder / f"{name}.inter", "\t"))
     item_table = _strip_atomic_types(read_delimited(folder / f"{name}.item", "\t"))
-    rating = columns.rating if columns.rating in inter.frame.columns else None
-    return Loaded(
-        interactions=_interactions(inter, columns.user, columns.item, columns.time, rating),
-        columns=_columns(columns.user, columns.item, columns.time, rating),
-        items=_items(item_table, columns.item_id, item_fields),
-        inter_table=inter,
-        item_table=item_table,
-        list_sep=" ",
-        files=[inter.path, item_table.path],
-        format="recbole",
-    )
+    return _mapped(inter, item_table, columns, item_fields, " ", "recbole")
 
 
 def read_tables(
@@ -198,6 +188,12 @@ def read_tables(
     """A generic CSV/TSV or Parquet log and item table, with the column mapping of params."""
     inter = read_table(interactions, delimiter, encoding)
     item_table = read_table(items, delimiter, encoding)
+    return _mapped(inter, item_table, columns, item_fields, list_sep, "table")
+
+
+def _mapped(inter: RawTable, item_table: RawTable, columns: ColumnParams, item_fields: dict[str, str],
+            list_sep: str, fmt: str) -> Loaded:  # fmt: skip
+    """A log and item table whose columns are named by params (RecBole atomic files, generic tables)."""
     rating = columns.rating if columns.rating in inter.frame.columns else None
     return Loaded(
         interactions=_interactions(inter, columns.user, columns.item, columns.time, rating),
@@ -207,7 +203,7 @@ def read_tables(
         item_table=item_table,
         list_sep=list_sep,
         files=[inter.path, item_table.path],
-        format="table",
+        format=fmt,
     )
 
 

@@ -67,10 +67,17 @@ def make_windows(histories: Histories, length: int) -> Windows:
     return Windows(np.stack(inputs), np.stack(targets))
 
 
-def full_softmax_loss(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy over the catalogue: users (B, L, d), items (n, d), targets (B, L) with -1 ignored."""
+def full_softmax_loss(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, temperature: float,
+                      prior: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy over the catalogue: users (B, L, d), items (n, d), targets (B, L) with -1 ignored.
+
+    ``prior`` (n,), when given, is added to the logits during training only (logit adjustment):
+    the model then learns scores with that much popularity taken out.
+    """
     valid = targets >= 0
     logits = users[valid] @ items.T / temperature  # (N, n): only positions that have a target
+    if prior is not None:
+        logits = logits + prior
     return F.cross_entropy(logits, targets[valid])
 
 
@@ -198,6 +205,7 @@ def train(
         n_samples = len(windows.inputs)
     popularity = torch.tensor(train.popularity(), dtype=torch.float32) + 1.0
     log_pop = torch.log(popularity / popularity.sum()).to(device)
+    prior = tp.logit_adjust * log_pop if tp.logit_adjust > 0 else None
     reference = Reference.from_train(
         train.interactions["item_idx"].to_numpy(), train.interactions["user_idx"].to_numpy(), split.n_items
     )
@@ -241,13 +249,13 @@ def train(
                 if text_users:
                     users = model.users(samples.features[batch]).unsqueeze(1)  # (B, 1, d)
                     targets = samples.targets[batch].unsqueeze(1)
-                    loss = full_softmax_loss(users, scorer.item_vectors(), targets, model.config.temperature)
+                    loss = full_softmax_loss(users, scorer.item_vectors(), targets, model.config.temperature, prior)
                 elif tp.loss == "full":
                     inputs = torch.from_numpy(windows.inputs[batch]).to(device)
                     targets = torch.from_numpy(windows.targets[batch]).to(device)
                     vectors = scorer.item_vectors()
                     users = model.user_vectors(scorer.history_vectors(inputs, vectors), inputs < 0)
-                    loss = full_softmax_loss(users, vectors, targets, model.config.temperature)
+                    loss = full_softmax_loss(users, vectors, targets, model.config.temperature, prior)
                 else:
                     inputs = torch.from_numpy(windows.inputs[batch]).to(device)
                     targets = torch.from_numpy(windows.targets[batch]).to(device)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bertrec.config import Params, load_params
+from bertrec.config import Params, PathsParams, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".cache" / "bertrec" / "wheels"
@@ -22,7 +22,7 @@ TINY_VOCAB = (
 
 def paths_under(root: Path) -> list[str]:
     """Overrides that put every path of params under ``root``."""
-    return [f"paths.{name}={root / name}" for name in ("raw", "prepared", "splits", "metrics", "outputs", "cache")]
+    return [f"paths.{name}={root / name}" for name in PathsParams.model_fields]
 
 
 @pytest.fixture

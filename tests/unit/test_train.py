@@ -112,3 +112,13 @@ def test_resume_after_a_crash_gives_the_same_weights(make_params, tiny_encoder, 
     a, b = whole.scorer.state_dict(), resumed.scorer.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_logit_adjustment_credits_popular_targets_during_training():
+    # Given equal scores for all items and a prior that favours item 0
+    users, items = torch.zeros(1, 1, 4), torch.randn(3, 4)
+    prior = torch.log(torch.tensor([0.8, 0.1, 0.1]))
+    popular, rare = torch.tensor([[0]]), torch.tensor([[1]])
+    # Then predicting the popular item costs less than the rare one: less gradient pushes popular scores up
+    assert full_softmax_loss(users, items, popular, 1.0, prior) < full_softmax_loss(users, items, rare, 1.0, prior)
+    assert full_softmax_loss(users, items, popular, 1.0) == pytest.approx(float(full_softmax_loss(users, items, rare, 1.0)))

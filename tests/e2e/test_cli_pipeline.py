@@ -1,0 +1,66 @@
+"""The whole CLI on a small synthetic log: prepare -> split -> train -> embed -> index -> evaluate -> recommend."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from bertrec.cli import app
+from builders import cyclic_dataset
+from conftest import paths_under
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_encoder):
+    root = tmp_path_factory.mktemp("cli")
+    data = cyclic_dataset()
+    data.interactions[["user_id", "item_id", "timestamp"]].to_csv(root / "log.csv", index=False)
+    data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(root / "items.csv", index=False)
+    sets = [
+        *paths_under(root), "data.source=table", f"data.path={root / 'log.csv'}", f"data.items_path={root / 'items.csv'}",
+        "data.text_template='{title}. Genres: {genres}.'", "baselines.models=[popular, itemknn]",
+        f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.max_history=8", "model.dropout=0.0",
+        "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=8", "eval.batch_size=32",
+    ]  # fmt: skip
+    args = ["--params", str(root / "absent.yaml"), *[x for s in sets for x in ("--set", s)]]
+    runner = CliRunner()
+    outputs = {}
+    for step in ("prepare", "split", "train", "embed", "index", "evaluate"):
+        result = runner.invoke(app, [step, *args])
+        assert result.exit_code == 0, f"{step}: {result.output}"
+        outputs[step] = result.output
+    return root, args, outputs
+
+
+def test_bundle_has_its_three_parts(project):
+    root, _, outputs = project
+    bundle = root / "bundle"
+    assert (bundle / "model" / "weights.safetensors").exists() and (bundle / "model" / "encoder").is_dir()
+    assert json.loads((bundle / "embeddings" / "embeddings.json").read_text())["items_per_second"] > 0
+    assert json.loads((bundle / "index" / "index.json").read_text())["recall_at_10"] == 1.0
+    assert not (bundle / "checkpoints").exists()
+    assert "items/s" in outputs["embed"] and "recall@10 vs exact 1.0000" in outputs["index"]
+
+
+def test_evaluate_puts_the_model_beside_the_baselines(project):
+    root, _, outputs = project
+    report = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert report["split"] == "loo"
+    results = report["results"]
+    assert set(results) == {"bertrec", "popular", "itemknn"}
+    assert results["bertrec"]["test"]["NDCG@10"] > results["popular"]["test"]["NDCG@10"]
+    assert "| bertrec |" in outputs["evaluate"]
+
+
+def test_recommend_for_a_user_and_a_history(project):
+    _, args, _ = project
+    runner = CliRunner()
+    by_user = runner.invoke(app, ["recommend", *args, "--user", "3", "--k", "5"])
+    assert by_user.exit_code == 0, by_user.output
+    ranked = [line for line in by_user.output.splitlines() if re.match(r"^\s*\d+\. ", line)]
+    assert len(ranked) == 5 and all("because:" in line for line in ranked)
+    unknown = runner.invoke(app, ["recommend", *args, "--history", "1,zzz"])
+    assert unknown.exit_code == 1 and "'zzz'" in unknown.output
