@@ -47,6 +47,7 @@ class ItemTextFeatures(nn.Module):
         """``cache``: features already computed for ``texts`` (a saved bundle), used when frozen."""
         super().__init__()
         self.encoder = encoder
+        self.transformer = encoder.model  # registered, so the optimizer and .to() see its weights
         self.tuned = freeze(encoder.model, freeze_layers) > 0
         self.batch_size = batch_size
         if self.tuned:

@@ -122,3 +122,30 @@ def test_logit_adjustment_credits_popular_targets_during_training():
     # Then predicting the popular item costs less than the rare one: less gradient pushes popular scores up
     assert full_softmax_loss(users, items, popular, 1.0, prior) < full_softmax_loss(users, items, rare, 1.0, prior)
     assert full_softmax_loss(users, items, popular, 1.0) == pytest.approx(float(full_softmax_loss(users, items, rare, 1.0)))
+
+
+def test_freeze_layers_fine_tunes_only_the_upper_encoder_layers(make_params, tiny_encoder, tmp_path):
+    # Given the tiny 2-layer BERT with its embeddings and lowest layer frozen
+    data = cyclic_dataset(n_users=20)
+    params = tiny_params(make_params, tiny_encoder, "train.epochs=2", "train.freeze_layers=1", "train.encoder_lr=0.01")
+    from transformers import AutoModel
+
+    before = AutoModel.from_pretrained(tiny_encoder).state_dict()
+    # When it trains
+    result = train(params, split_loo(data), data.items, tmp_path / "work")
+    after = result.scorer.text_features.encoder.model.state_dict()
+    # Then layer 1 changed, while layer 0 and the embeddings did not
+    changed = {k for k in before if not torch.equal(before[k], after[k].cpu())}
+    assert any(k.startswith("encoder.layer.1.") for k in changed)
+    assert not any(k.startswith(("encoder.layer.0.", "embeddings.")) for k in changed)
+
+
+def test_text_user_tower_trains_and_scores(make_params, tiny_encoder, tmp_path):
+    data = cyclic_dataset(n_users=20)
+    split = split_loo(data)
+    params = tiny_params(make_params, tiny_encoder, "train.epochs=2", "model.user_encoder=text", "train.text_user_positions=3")
+    result = train(params, split, data.items, tmp_path / "work")
+    context = build_cases(split, "valid").context.slice(0, 4)
+    scores = result.scorer.score(context)
+    assert scores.shape == (4, split.n_items) and np.isfinite(scores).all()
+    assert len(result.epochs) == 2 and "NDCG@10" in result.best_valid
