@@ -118,14 +118,14 @@ class ModelParams(_Section):
     layers: int = Field(2, gt=0)
     heads: int = Field(2, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    temperature: float = Field(0.05, gt=0.0)
+    temperature: float = Field(0.1, gt=0.0)
 
 
 class TrainParams(_Section):
     split: Literal["loo", "ratio", "cold_items"] = "loo"
     epochs: int = Field(60, gt=0)
     batch_size: int = Field(128, gt=0)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(3e-3, gt=0.0)
     encoder_lr: float = Field(2e-5, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
