@@ -49,6 +49,26 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _data_hash(p: Params) -> str:
+    """The content hash of the prepared interactions, from the manifest of `prepare`."""
+    from bertrec.data import INTERACTIONS_FILE, MANIFEST_FILE
+
+    return json.loads((p.paths.prepared / MANIFEST_FILE).read_text())["outputs"][INTERACTIONS_FILE]
+
+
+def _baseline_config(p: Params) -> dict:
+    """What the baselines' figures depend on besides the data."""
+    return json.loads(json.dumps({
+        "baselines": p.baselines.model_dump(mode="json"), "encoder": p.model.encoder,
+        "max_length": p.model.max_length, "ks": list(p.eval.ks), "split": p.split.model_dump(mode="json"),
+    }))  # fmt: skip
+
+
+def _read_baselines(p: Params) -> dict:
+    path = p.paths.metrics / BASELINES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 @app.command()
 def prepare(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     """Load the configured source, validate and clean it, write Parquet tables and a manifest."""
@@ -108,11 +128,10 @@ def baselines(
     p = _params(params, set_)
     data = load_dataset(p.paths.prepared)
     manifest = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())
-    data_hash = manifest["outputs"]["interactions.parquet"]
     out_path = p.paths.metrics / BASELINES_FILE
-    report = json.loads(out_path.read_text()) if out_path.exists() else {}
-    if report.get("data_sha256") != data_hash:
-        report = {"data_sha256": data_hash, "dataset": manifest["dataset"], "splits": {}}
+    report = _read_baselines(p)
+    if report.get("data_sha256") != _data_hash(p) or report.get("config") != _baseline_config(p):
+        report = {"data_sha256": _data_hash(p), "config": _baseline_config(p), "dataset": manifest["dataset"], "splits": {}}
     scorers = make_baselines(p)
     for split_name in name or list(p.eval.splits):
         if split_name not in SPLITS:
@@ -202,9 +221,16 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     scorer, _ = load_model(p.paths.bundle, p.train.device)
     trained_on = json.loads((p.paths.bundle / MODEL / "training.json").read_text())["split"]
     loaded = read_split(p.paths.splits, trained_on, data.n_users, data.n_items)
-    results = evaluate_split(
-        [scorer, *make_baselines(p)], loaded, data.items, p.eval.ks, p.eval.batch_size, p.paths.outputs / "topk"
-    )
+    topk_dir = p.paths.outputs / "topk"
+    results = evaluate_split([scorer], loaded, data.items, p.eval.ks, p.eval.batch_size, topk_dir)
+    # The baselines' figures of `bertrec baselines` are reused when they are of the same data and models.
+    saved = _read_baselines(p)
+    same = saved.get("data_sha256") == _data_hash(p) and saved.get("config") == _baseline_config(p)
+    by_model = saved.get("splits", {}).get(trained_on, {}) if same else {}
+    if set(by_model) >= set(p.baselines.models):
+        results |= {name: by_model[name] for name in p.baselines.models}
+    else:
+        results |= evaluate_split(make_baselines(p), loaded, data.items, p.eval.ks, p.eval.batch_size, topk_dir)
     for target in targets(loaded):
         typer.echo(f"\n{trained_on} · {target}\n")
         typer.echo(markdown_table(results, target, min(p.eval.ks)))

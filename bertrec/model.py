@@ -22,18 +22,18 @@ USER_ENCODERS = ("sequence", "text")
 
 @dataclass(frozen=True)
 class TowerConfig:
-    """Shapes and choices of the two towers (saved with the weights)."""
+    """Shapes and choices of the two towers (saved with the weights); defaults live in params (ModelParams)."""
 
     n_items: int
     text_dim: int
-    dim: int = 128
-    item_repr: str = "hybrid"
-    user_encoder: str = "sequence"
-    max_history: int = 50
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    temperature: float = 0.05
+    dim: int
+    item_repr: str
+    user_encoder: str
+    max_history: int
+    layers: int
+    heads: int
+    dropout: float
+    temperature: float
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,7 @@ def project(tmp_path_factory, tiny_encoder):
     args = ["--params", str(root / "absent.yaml"), *[x for s in sets for x in ("--set", s)]]
     runner = CliRunner()
     outputs = {}
-    for step in ("prepare", "split", "train", "embed", "index", "evaluate"):
+    for step in ("prepare", "split", "baselines", "train", "embed", "index", "evaluate"):
         result = runner.invoke(app, [step, *args])
         assert result.exit_code == 0, f"{step}: {result.output}"
         outputs[step] = result.output
@@ -53,6 +53,9 @@ def test_evaluate_puts_the_model_beside_the_baselines(project):
     assert set(results) == {"bertrec", "popular", "itemknn"}
     assert results["bertrec"]["test"]["NDCG@10"] > results["popular"]["test"]["NDCG@10"]
     assert "| bertrec |" in outputs["evaluate"]
+    # the baselines' figures are those `bertrec baselines` saved for the same data and config
+    saved = json.loads((root / "metrics" / "baselines.json").read_text())["splits"]["loo"]
+    assert results["itemknn"] == saved["itemknn"]
 
 
 def test_recommend_for_a_user_and_a_history(project):

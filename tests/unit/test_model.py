@@ -9,7 +9,11 @@ from bertrec.model import TowerConfig, TwoTower, attention_mask
 
 
 def config(**kw) -> TowerConfig:
-    return TowerConfig(**({"n_items": 12, "text_dim": 8, "dim": 16, "max_history": 6, "layers": 1, "dropout": 0.0} | kw))
+    base = {
+        "n_items": 12, "text_dim": 8, "dim": 16, "item_repr": "hybrid", "user_encoder": "sequence",
+        "max_history": 6, "layers": 1, "heads": 2, "dropout": 0.0, "temperature": 0.1,
+    }  # fmt: skip
+    return TowerConfig(**(base | kw))
 
 
 @pytest.mark.parametrize("item_repr", ["text", "id", "hybrid"])
