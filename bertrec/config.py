@@ -135,7 +135,7 @@ class TrainParams(_Section):
     negatives: int = Field(1024, gt=0)
     logq: bool = True
     logit_adjust: float = Field(0.0, ge=0.0)
-    patience: int = Field(5, gt=0)
+    patience: int = Field(10, gt=0)
     seed: int = 2026
     device: str = "auto"
     text_user_positions: int = Field(10, gt=0)

@@ -127,12 +127,13 @@ def _schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _sampled_batch(scorer: TowerScorer, inputs: torch.Tensor, targets: torch.Tensor, log_pop: torch.Tensor,
-                   negatives: int, use_logq: bool, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
-    """In-batch targets plus uniform negatives, each item once, with logQ correction."""
-    model, n_items = scorer.model, scorer.n_items
+                   known_items: torch.Tensor, negatives: int, use_logq: bool,
+                   generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """In-batch targets plus negatives drawn uniformly from the training items, each once, with logQ."""
+    model, n_known = scorer.model, len(known_items)
     valid = targets >= 0
     n_pos = int(valid.sum())
-    uniform = torch.randint(0, n_items, (negatives,), generator=generator).to(targets.device)
+    uniform = known_items[torch.randint(0, n_known, (negatives,), generator=generator).to(known_items.device)]
     # History items join the candidates: the user tower needs their vectors anyway.
     pool = torch.cat([targets[valid], uniform, inputs[inputs >= 0]])
     candidates, inverse = torch.unique(pool, return_inverse=True)
@@ -140,7 +141,7 @@ def _sampled_batch(scorer: TowerScorer, inputs: torch.Tensor, targets: torch.Ten
     history = scorer.history_vectors(inputs, vectors, candidates)
     users = model.user_vectors(history, inputs < 0)[valid]  # (N, d)
     # Expected occurrences of each candidate: in-batch draws follow popularity, the rest are uniform.
-    log_q = torch.log(n_pos * log_pop.exp()[candidates] + negatives / n_items) if use_logq else None
+    log_q = torch.log(n_pos * log_pop.exp()[candidates] + negatives / n_known) if use_logq else None
     return sampled_softmax_loss(users, vectors, inverse[:n_pos], log_q, model.config.temperature)
 
 
@@ -205,7 +206,11 @@ def train(
         n_samples = len(windows.inputs)
     popularity = torch.tensor(train.popularity(), dtype=torch.float32) + 1.0
     log_pop = torch.log(popularity / popularity.sum()).to(device)
-    prior = tp.logit_adjust * log_pop if tp.logit_adjust > 0 else None
+    # Items with no training interaction did not exist at training time (cold_items' new items):
+    # they are never negatives, or the text tower would learn to push unseen texts down.
+    known = scorer.model.items.known
+    prior = torch.where(known, 0.0, float("-inf")) + (tp.logit_adjust * log_pop if tp.logit_adjust > 0 else 0.0)
+    known_items = torch.nonzero(known).squeeze(1)
     reference = Reference.from_train(
         train.interactions["item_idx"].to_numpy(), train.interactions["user_idx"].to_numpy(), split.n_items
     )
@@ -259,7 +264,7 @@ def train(
                 else:
                     inputs = torch.from_numpy(windows.inputs[batch]).to(device)
                     targets = torch.from_numpy(windows.targets[batch]).to(device)
-                    loss = _sampled_batch(scorer, inputs, targets, log_pop, tp.negatives, tp.logq, generator)
+                    loss = _sampled_batch(scorer, inputs, targets, log_pop, known_items, tp.negatives, tp.logq, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tower_params + encoder_params, tp.grad_clip)
