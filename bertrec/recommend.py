@@ -73,17 +73,19 @@ class Recommender:
         scores, found = self.index.search(np.ascontiguousarray(users, dtype=np.float32), depth)
         results = []
         for history, row_scores, row_items in zip(histories, scores, found):
-            seen = set(self.to_indices(history).tolist()) if exclude_history else set()
+            rows = self.to_indices(history)
+            seen = set(rows.tolist()) if exclude_history else set()
             picked = [(float(s), int(i)) for s, i in zip(row_scores, row_items) if i >= 0 and int(i) not in seen]
             picked.sort(key=lambda pair: (-pair[0], pair[1]))
-            results.append([self._explain(i, s, history) for s, i in picked[:k]])
+            results.append([self._explain(i, s, rows) for s, i in picked[:k]])
         return results
 
-    def _explain(self, item: int, score: float, history: list[str]) -> Recommendation:
+    def _explain(self, item: int, score: float, history_rows: np.ndarray) -> Recommendation:
+        """Score on the model's scale (cosine / temperature), and the most similar history item."""
         because = None
-        if history:
-            rows = self.to_indices(history)
-            because = self.item_ids[rows[int(np.argmax(self.vectors[rows] @ self.vectors[item]))]]
+        if len(history_rows):
+            nearest = int(np.argmax(self.vectors[history_rows] @ self.vectors[item]))
+            because = self.item_ids[history_rows[nearest]]
         return Recommendation(self.item_ids[item], score / self.scorer.model.config.temperature, because)
 
     def add_items(self, new_items: pd.DataFrame) -> None:
