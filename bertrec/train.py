@@ -13,7 +13,10 @@ and dropout are seeded per epoch, so a resumed run ends with the same weights as
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import shutil
 import math
 import time
 from collections.abc import Callable
@@ -227,7 +230,12 @@ def train(
 
     result = TrainResult(scorer)
     start_epoch, best_state, stale = 1, None, 0
+    fingerprint = run_fingerprint(params, split)
     resume = latest_checkpoint(work_dir)
+    if resume is not None and torch.load(resume, map_location="cpu", weights_only=False).get("fingerprint") != fingerprint:
+        log.warning("checkpoints in %s belong to another configuration or split; starting afresh", resume.parent)
+        shutil.rmtree(resume.parent)
+        resume = None
     if resume is not None:
         state = torch.load(resume, map_location=device, weights_only=False)
         scorer.load_state_dict(state["scorer"])
@@ -280,7 +288,7 @@ def train(
         else:
             stale += 1
         log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f (%.1fs)", epoch, entry.loss, valid[PRIMARY], entry.seconds)
-        _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale)
+        _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale, fingerprint)
         if on_epoch_end is not None:
             on_epoch_end(entry)
     if best_state is not None:
@@ -288,10 +296,22 @@ def train(
     return result
 
 
-def _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale) -> None:
+def run_fingerprint(params: Params, split: Split) -> str:
+    """What a checkpoint must share with a run to be resumed by it (epochs and patience may change)."""
+    config = {
+        "model": params.model.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json", exclude={"epochs", "patience", "device"}),
+        "split": split.name,
+        "train_rows": pd.util.hash_pandas_object(split.train[["user_idx", "item_idx"]], index=False).sum().item(),
+    }
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale, fingerprint) -> None:
     path = _checkpoint_path(work_dir, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
+        "fingerprint": fingerprint,
         "epoch": epoch,
         "scorer": scorer.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -149,3 +149,22 @@ def test_text_user_tower_trains_and_scores(make_params, tiny_encoder, tmp_path):
     scores = result.scorer.score(context)
     assert scores.shape == (4, split.n_items) and np.isfinite(scores).all()
     assert len(result.epochs) == 2 and "NDCG@10" in result.best_valid
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(make_params, tiny_encoder, tmp_path):
+    # Given checkpoints left by a crashed run with another learning rate
+    data = cyclic_dataset(n_users=20)
+    split = split_loo(data)
+
+    class Killed(Exception):
+        pass
+
+    def die(entry):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(tiny_params(make_params, tiny_encoder, "train.epochs=3", "train.lr=0.05"), split, data.items, tmp_path, on_epoch_end=die)
+    # When a run with different params starts in the same folder
+    result = train(tiny_params(make_params, tiny_encoder, "train.epochs=2"), split, data.items, tmp_path)
+    # Then it starts from epoch 1 instead of resuming the other run
+    assert [e.epoch for e in result.epochs] == [1, 2]
