@@ -77,8 +77,8 @@ class TextEncoder:
         return mean_pool(states, batch["attention_mask"])
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
-        """L2-normalised vectors for ``texts``, float32 (n, hidden), in the order given.
+    def features(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        """Mean-pooled, un-normalised vectors for ``texts``, float32 (n, hidden), in the order given.
 
         Texts are encoded in batches of similar length (less padding), then put back in order.
         """
@@ -87,9 +87,13 @@ class TextEncoder:
         starts = range(0, len(texts), batch_size)
         for start in tqdm(starts, desc="encode", unit="batch", disable=not progress or len(starts) < 2):
             idx = order[start : start + batch_size]
-            vectors = self.forward(self.tokenize([texts[i] for i in idx]))
-            out[idx] = torch.nn.functional.normalize(vectors, dim=-1).float().cpu().numpy()
+            out[idx] = self.forward(self.tokenize([texts[i] for i in idx])).float().cpu().numpy()
         return out
+
+    def encode(self, texts: list[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
+        """L2-normalised :meth:`features`: float32 (n, hidden)."""
+        vectors = self.features(texts, batch_size, progress)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,12 @@ def train_set(split: Split, items: pd.DataFrame) -> TrainSet:
     return TrainSet(split.n_users, split.n_items, split.train.reset_index(drop=True), items)
 
 
+def reference_of(train: TrainSet) -> Reference:
+    """Popularity, head/tail and user shares of a training set, for the beyond-accuracy metrics."""
+    rows = train.interactions
+    return Reference.from_train(rows["item_idx"].to_numpy(), rows["user_idx"].to_numpy(), train.n_items)
+
+
 def rank_cases(scorer: Scorer, cases: Cases, k: int, batch_size: int, progress: bool = True) -> np.ndarray:
     """Top-``k`` lists of every case, computed in batches of users: (n, k)."""
     out = np.empty((len(cases.users), k), dtype=np.int64)
@@ -115,9 +121,7 @@ def evaluate_split(
     ``topk_dir/<split>/<model>.<target>.parquet`` when ``topk_dir`` is given.
     """
     train = train_set(split, items)
-    reference = Reference.from_train(
-        train.interactions["item_idx"].to_numpy(), train.interactions["user_idx"].to_numpy(), split.n_items
-    )
+    reference = reference_of(train)
     all_cases = [build_cases(split, target) for target in targets(split)]
     results: dict[str, dict[str, dict[str, float]]] = {}
     for scorer in scorers:

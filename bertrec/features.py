@@ -62,14 +62,7 @@ class ItemTextFeatures(nn.Module):
 
     def raw_features(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled, un-normalised encoder vectors of ``texts``: (n, text_dim)."""
-        with torch.inference_mode():
-            out = np.empty((len(texts), self.encoder.model.config.hidden_size), dtype=np.float32)
-            order = np.argsort([len(t) for t in texts], kind="stable")
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.encoder.tokenize([texts[i] for i in idx])
-                out[idx] = self.encoder.forward(batch).float().cpu().numpy()
-        return out
+        return self.encoder.features(texts, self.batch_size)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Features of ``items`` (n,): (n, text_dim)."""

@@ -29,9 +29,8 @@ import torch
 from torch.nn import functional as F
 
 from bertrec.config import Params
-from bertrec.evaluate import build_cases, evaluate, train_set
+from bertrec.evaluate import build_cases, evaluate, reference_of, train_set
 from bertrec.io import atomic_file
-from bertrec.metrics import Reference
 from bertrec.scoring import Histories
 from bertrec.split import Split
 from bertrec.twotower import TowerScorer, build_towers
@@ -214,9 +213,7 @@ def train(
     known = scorer.model.items.known
     prior = torch.where(known, 0.0, float("-inf")) + (tp.logit_adjust * log_pop if tp.logit_adjust > 0 else 0.0)
     known_items = torch.nonzero(known).squeeze(1)
-    reference = Reference.from_train(
-        train.interactions["item_idx"].to_numpy(), train.interactions["user_idx"].to_numpy(), split.n_items
-    )
+    reference = reference_of(train)
     valid_cases = build_cases(split, "valid")
 
     tower_params = [p for n, p in model.named_parameters() if p.requires_grad]
