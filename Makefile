@@ -27,6 +27,7 @@ run: $(STAMP)
 	$(BIN)/bertrec embed
 	$(BIN)/bertrec index
 	$(BIN)/bertrec evaluate
+	$(BIN)/bertrec register
 	$(BIN)/bertrec recommend --user 1 --k 5
 
 test: $(STAMP)

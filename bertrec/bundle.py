@@ -3,7 +3,8 @@
 ```
 bundle/
   model/        weights.safetensors (the towers), tower.json, training.json, items.parquet,
-                text_features.npy (the catalogue's encoder features), encoder/ (HF folder + tokenizer)
+                text_features.npy (the catalogue's encoder features), encoder/ (HF folder + tokenizer),
+                histories.parquet (each known user's items, oldest first, for queries by user id)
   embeddings/   vectors.npy (float16, unit norm), items.parquet (item_idx -> item_id), embeddings.json
   index/        index.faiss, index.json (factory, recall@10 against exact search)
 ```
@@ -32,11 +33,17 @@ MODEL = "model"
 EMBEDDINGS = "embeddings"
 INDEX = "index"
 WEIGHTS = "weights.safetensors"
+HISTORIES = "histories.parquet"
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
 
 
-def save_model(scorer: TowerScorer, items: pd.DataFrame, bundle: Path, training: dict[str, Any]) -> Path:
-    """Write ``bundle/model`` atomically: tower weights, configs, the item table, the encoder."""
+def save_model(scorer: TowerScorer, items: pd.DataFrame, bundle: Path, training: dict[str, Any],
+               histories: pd.DataFrame | None = None) -> Path:  # fmt: skip
+    """Write ``bundle/model`` atomically: tower weights, configs, the item table, the encoder.
+
+    ``histories`` (``user_id``, ``item_id``; each user's rows oldest first) lets the served model
+    answer a query that names only a user.
+    """
     target = Path(bundle) / MODEL
     with atomic_dir(target) as tmp:
         weights = {k[6:]: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items() if k.startswith("model.")}
@@ -45,6 +52,8 @@ def save_model(scorer: TowerScorer, items: pd.DataFrame, bundle: Path, training:
         (tmp / "training.json").write_text(json.dumps(training, indent=2, default=str) + "\n")
         columns = [c for c in ITEM_COLUMNS if c in items.columns]
         items[columns].to_parquet(tmp / "items.parquet", index=False)
+        if histories is not None:
+            histories[["user_id", "item_id"]].astype(str).to_parquet(tmp / HISTORIES, index=False)
         if scorer.text_features is not None:
             features = scorer.text_features
             texts = items["text"].tolist()

@@ -24,7 +24,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a param, e.g. --set split.seed=7 (repeatable; values are YAML)."),
 ]
-BASELINES_FILE = "baselines.json"
 
 
 @app.callback()
@@ -47,26 +46,6 @@ def _params(path: Path, overrides: list[str] | None) -> Params:
 def _fail(exc: Exception) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(1)
-
-
-def _data_hash(p: Params) -> str:
-    """The content hash of the prepared interactions, from the manifest of `prepare`."""
-    from bertrec.data import INTERACTIONS_FILE, MANIFEST_FILE
-
-    return json.loads((p.paths.prepared / MANIFEST_FILE).read_text())["outputs"][INTERACTIONS_FILE]
-
-
-def _baseline_config(p: Params) -> dict:
-    """What the baselines' figures depend on besides the data."""
-    return json.loads(json.dumps({
-        "baselines": p.baselines.model_dump(mode="json"), "encoder": p.model.encoder,
-        "max_length": p.model.max_length, "ks": list(p.eval.ks), "split": p.split.model_dump(mode="json"),
-    }))  # fmt: skip
-
-
-def _read_baselines(p: Params) -> dict:
-    path = p.paths.metrics / BASELINES_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 @app.command()
@@ -123,15 +102,17 @@ def baselines(
     from bertrec.evaluate import evaluate_split, targets
     from bertrec.io import write_json
     from bertrec.report import markdown_table
+    from bertrec.results import BASELINES_FILE, baseline_config, data_hash, read_baselines
     from bertrec.split import read_split
 
     p = _params(params, set_)
     data = load_dataset(p.paths.prepared)
     manifest = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())
     out_path = p.paths.metrics / BASELINES_FILE
-    report = _read_baselines(p)
-    if report.get("data_sha256") != _data_hash(p) or report.get("config") != _baseline_config(p):
-        report = {"data_sha256": _data_hash(p), "config": _baseline_config(p), "dataset": manifest["dataset"], "splits": {}}
+    report = read_baselines(p)
+    if report.get("data_sha256") != data_hash(p.paths.prepared) or report.get("config") != baseline_config(p):
+        report = {"data_sha256": data_hash(p.paths.prepared), "config": baseline_config(p),
+                  "dataset": manifest["dataset"], "splits": {}}  # fmt: skip
     scorers = make_baselines(p)
     for split_name in name or list(p.eval.splits):
         if split_name not in SPLITS:
@@ -171,7 +152,8 @@ def train(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, split_name: S
     loaded = read_split(p.paths.splits, p.train.split, data.n_users, data.n_items)
     work = p.paths.bundle / "checkpoints"
     result = run_train(p, loaded, data.items, work)
-    target = save_model(result.scorer, data.items, p.paths.bundle, training_record(result, p, loaded.name))
+    record = training_record(result, p, loaded.name)
+    target = save_model(result.scorer, data.items, p.paths.bundle, record, data.interactions)
     shutil.rmtree(work, ignore_errors=True)
     typer.echo(
         f"trained on {loaded.name}: best epoch {result.best_epoch}, valid NDCG@10 "
@@ -214,6 +196,7 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     from bertrec.evaluate import evaluate_split, targets
     from bertrec.io import write_json
     from bertrec.report import markdown_table
+    from bertrec.results import EVALUATE_FILE, current_baselines
     from bertrec.split import read_split
 
     p = _params(params, set_)
@@ -224,9 +207,7 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     topk_dir = p.paths.outputs / "topk"
     results = evaluate_split([scorer], loaded, data.items, p.eval.ks, p.eval.batch_size, topk_dir)
     # The baselines' figures of `bertrec baselines` are reused when they are of the same data and models.
-    saved = _read_baselines(p)
-    same = saved.get("data_sha256") == _data_hash(p) and saved.get("config") == _baseline_config(p)
-    by_model = saved.get("splits", {}).get(trained_on, {}) if same else {}
+    by_model = current_baselines(p).get(trained_on, {})
     if set(by_model) >= set(p.baselines.models):
         results |= {name: by_model[name] for name in p.baselines.models}
     else:
@@ -234,7 +215,7 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     for target in targets(loaded):
         typer.echo(f"\n{trained_on} · {target}\n")
         typer.echo(markdown_table(results, target, min(p.eval.ks)))
-    out = p.paths.metrics / "evaluate.json"
+    out = p.paths.metrics / EVALUATE_FILE
     write_json(out, {"split": trained_on, "results": results})
     typer.echo(f"\n-> {out}")
 
@@ -270,6 +251,90 @@ def recommend(
     for rank, pick in enumerate(picks, 1):
         because = f"  (because: {texts[pick.because]})" if pick.because else ""
         typer.echo(f"{rank:>2}. {texts[pick.item_id]}  [{pick.score:.2f}]{because}")
+
+
+@app.command()
+def register(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Name of the MLflow run (default: MLflow's).")] = None,
+) -> None:
+    """Log this pipeline run to MLflow, register the bundle as a model version, run the promotion gate."""
+    from bertrec.register import register as run_register
+    from bertrec.registry import RegistryError
+
+    p = _params(params, set_)
+    try:
+        result = run_register(p, run_name)
+    except (RegistryError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    name = p.mlflow.registered_model
+    typer.echo(f"MLflow run {result.run_id} ({p.mlflow.tracking_uri}, experiment {p.mlflow.experiment})")
+    if not result.registered:
+        typer.echo(f"this bundle is already version {result.version} of {name}; nothing registered or promoted")
+    else:
+        verdict = "PROMOTED to champion" if result.decision.promote else "stays challenger"
+        typer.echo(f"{name} version {result.version}: {verdict}\n  {result.decision.reason}")
+    typer.echo(f"champion: {f'{name} version {result.champion}' if result.champion else 'none'}")
+
+
+registry_app = typer.Typer(help="The model registry: versions, aliases, rollback.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("status")
+def registry_status(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Show every version of the registered model with its aliases, metrics and gate decision."""
+    from bertrec.registry import versions
+    from bertrec.tracking import mlflow_name
+
+    p = _params(params, set_)
+    rows = versions(p)
+    if not rows:
+        typer.echo(f"{p.mlflow.registered_model}: no versions at {p.mlflow.tracking_uri}")
+        return
+    keys = [p.promotion.metric, *p.promotion.guardrails]
+    typer.echo("| version | aliases | " + " | ".join(keys) + " | gate |")
+    typer.echo("|---" * (len(keys) + 3) + "|")
+    for row in rows:
+        values = [row.tags.get(mlflow_name(k), "") for k in keys]
+        gate = {"true": "promoted", "false": "not promoted"}.get(row.tags.get("gate.promote", ""), "")
+        typer.echo(f"| {row.version} | {', '.join(row.aliases)} | " + " | ".join(values) + f" | {gate} |")
+
+
+@registry_app.command("rollback")
+def registry_rollback(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Move the `champion` alias back to the `previous` version."""
+    from bertrec.registry import RegistryError, rollback
+
+    p = _params(params, set_)
+    try:
+        before, after = rollback(p)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{p.mlflow.registered_model}: champion moved from version {before} back to version {after}")
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    alias: Annotated[str, typer.Option("--alias", help="The registry alias to serve.")] = "champion",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
+) -> None:
+    """Serve models:/<registered_model>@<alias> with `mlflow models serve` (POST /invocations)."""
+    import os
+    import sys
+
+    p = _params(params, set_)
+    uri = f"models:/{p.mlflow.registered_model}@{alias}"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+               "-h", host, "-p", str(port)]  # fmt: skip
+    typer.echo(f"serving {uri} from {p.mlflow.tracking_uri} on http://{host}:{port}/invocations")
+    # mlflow starts `uvicorn` by name: put this environment's scripts first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    os.execvpe(command[0], command, os.environ | {"MLFLOW_TRACKING_URI": p.mlflow.tracking_uri, "PATH": path})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Every step of the pipeline (the CLI, DVC stages, Prefect flows) reads its config
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("loo", "ratio", "cold_items")
 BASELINES = ("popular", "itemknn", "text-zero-shot")
+# Metrics that may not drop by more than this share of the champion's value for a challenger to win.
+DEFAULT_GUARDRAILS = {"loo/test/Coverage@10": 0.05, "loo/test/TailHit@10": 0.05, "cold_items/test_all/Hit@10": 0.05}
 
 
 class ConfigError(ValueError):
@@ -146,6 +149,35 @@ class IndexParams(_Section):
     recall_sample: int = Field(1000, gt=0)
 
 
+class MlflowParams(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "bertrec"
+    registered_model: str = "bertrec"
+
+
+METRIC_KEY = re.compile(r"^(loo|ratio|cold_items)/(valid|test|test_all|test_new)/[A-Za-z]+@\d+$")
+
+
+class PromotionParams(_Section):
+    """The gate between `challenger` and `champion` (bertrec.promotion.decide_promotion)."""
+
+    metric: str = "loo/test/NDCG@10"
+    min_improvement: float = Field(0.01, ge=0.0)
+    beat_baselines: bool = True
+    guardrails: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GUARDRAILS))
+    lock_timeout: float = Field(600.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _metric_keys(self) -> PromotionParams:
+        for key in (self.metric, *self.guardrails):
+            if not METRIC_KEY.match(key):
+                raise ValueError(f"metric {key!r} is not of the form split/target/Metric@K, e.g. loo/test/NDCG@10")
+        bad = {k: v for k, v in self.guardrails.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"guardrail tolerances are relative drops in [0, 1]; got {bad}")
+        return self
+
+
 class Params(_Section):
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
@@ -155,6 +187,8 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     index: IndexParams = IndexParams()
+    mlflow: MlflowParams = MlflowParams()
+    promotion: PromotionParams = PromotionParams()
 
     def flat(self) -> dict[str, Any]:
         """The resolved params as ``{"section.key": value}`` (for logging and tracking)."""

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertrec.bundle import INDEX, load_model
+from bertrec.bundle import HISTORIES, INDEX, MODEL, load_model
 from bertrec.embed import encode_items, read_embeddings
 from bertrec.index import read_index
-from bertrec.scoring import Histories
+from bertrec.scoring import Histories, Scorer
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,18 @@ class Recommender:
         self.scorer, self.items = load_model(self.bundle, device)
         self.vectors, _ = read_embeddings(self.bundle)  # (n, dim) unit norm
         self.index, self.index_info = read_index(self.bundle / INDEX)
+        self._histories: dict[str, list[str]] | None = None
         self._refresh_ids()
+
+    def history_of(self, user_id: str) -> list[str]:
+        """The items of a user known when the bundle was trained, oldest first. Raises KeyError."""
+        if self._histories is None:
+            path = self.bundle / MODEL / HISTORIES
+            frame = pd.read_parquet(path) if path.exists() else pd.DataFrame({"user_id": [], "item_id": []})
+            self._histories = frame.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+        if str(user_id) not in self._histories:
+            raise KeyError(f"user id {str(user_id)!r} has no history in {self.bundle}")
+        return self._histories[str(user_id)]
 
     def _refresh_ids(self) -> None:
         self.item_ids = self.items["item_id"].astype(str).to_numpy()
@@ -57,8 +68,12 @@ class Recommender:
         rows = [self.to_indices(h) for h in histories]
         packed = Histories(np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64),
                            np.concatenate(rows) if rows else np.empty(0, np.int64))  # fmt: skip
+        return self.user_vectors_of_rows(packed)
+
+    def user_vectors_of_rows(self, histories: Histories) -> np.ndarray:
+        """(batch, dim) user vectors of histories given as catalogue rows."""
         vectors = torch.from_numpy(self.vectors).to(self.scorer.device)
-        return self.scorer.user_vectors_for(packed, vectors).float().cpu().numpy()
+        return self.scorer.user_vectors_for(histories, vectors).float().cpu().numpy()
 
     def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
         """Top-``k`` items for one history (oldest first)."""
@@ -116,3 +131,45 @@ class Recommender:
         titles = new_items["title"] if "title" in new_items else new_items["text"]
         self.scorer.titles = np.concatenate([self.scorer.titles, titles.to_numpy(dtype=object)])
         self._refresh_ids()
+
+
+class CatalogueScorer(Scorer):
+    """A loaded bundle scoring another catalogue, matched by item id, through its served vectors.
+
+    This is how a registered model is evaluated on data newer than itself (the promotion gate
+    re-evaluates the champion on the current split): items it does not know are encoded from their
+    text (:meth:`Recommender.add_items`), and every score is cosine of the stored float16 vectors,
+    exactly as served.
+
+    Args:
+        items: the catalogue to score (``item_idx`` = row, ``item_id``, ``text``).
+        text_only: rows of ``items`` whose vector is their text part alone, as for items nobody
+            interacted with in training (the cold-start path; zero vectors for an ``id`` model).
+    """
+
+    name = "bertrec"
+
+    def __init__(self, recommender: Recommender, items: pd.DataFrame, text_only: np.ndarray | None = None) -> None:
+        ids = items["item_id"].astype(str)
+        unknown = items.loc[~ids.isin(recommender.position)]
+        if len(unknown):
+            recommender.add_items(unknown)
+        self.recommender = recommender
+        self.rows = recommender.to_indices(ids.tolist())  # (n_items,) current row -> recommender row
+        self.vectors = recommender.vectors[self.rows].copy()  # (n_items, dim)
+        if text_only is not None and len(text_only):
+            scorer = recommender.scorer
+            if scorer.model.items.use_text:
+                beyond = np.full(len(text_only), scorer.n_items)  # no ID embedding: text part only
+                texts = items["text"].to_numpy()[text_only].tolist()
+                self.vectors[text_only] = encode_items(scorer, texts, beyond, progress=False)
+            else:
+                self.vectors[text_only] = 0.0
+
+    def fit(self, train) -> CatalogueScorer:  # already trained
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        mapped = Histories(histories.indptr, self.rows[histories.items])
+        users = self.recommender.user_vectors_of_rows(mapped)  # (batch, dim)
+        return (users @ self.vectors.T) / self.recommender.scorer.model.config.temperature

@@ -87,3 +87,42 @@ def cyclic_dataset(n_users: int = 60, n_items: int = 60, length: int = 12, seed:
         "title": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]}" for i in range(n_items)],
     })  # fmt: skip
     return Dataset(interactions, items)
+
+
+PIPELINE_STEPS = ("prepare", "split", "baselines", "train", "embed", "index", "evaluate")
+
+
+def project_args(root: Path, encoder: Path, *extra: str, dataset=None) -> list[str]:
+    """CLI arguments of a small project under ``root``: the cyclic log as CSV, a tiny encoder, all paths inside.
+
+    Writes ``log.csv`` and ``items.csv`` (``dataset``: default :func:`cyclic_dataset`); ``extra`` are
+    further ``--set`` overrides.
+    """
+    from conftest import paths_under
+
+    data = dataset if dataset is not None else cyclic_dataset()
+    data.interactions[["user_id", "item_id", "timestamp"]].to_csv(root / "log.csv", index=False)
+    data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(root / "items.csv", index=False)
+    sets = [
+        *paths_under(root), "data.source=table", f"data.path={root / 'log.csv'}", f"data.items_path={root / 'items.csv'}",
+        "data.text_template='{title}. Genres: {genres}.'", "baselines.models=[popular, itemknn]",
+        f"model.encoder={encoder}", "model.dim=16", "model.layers=1", "model.max_history=8", "model.dropout=0.0",
+        "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=8", "eval.batch_size=32",
+        *extra,
+    ]  # fmt: skip
+    return ["--params", str(root / "absent.yaml"), *[x for s in sets for x in ("--set", s)]]
+
+
+def run_steps(args: list[str], steps=PIPELINE_STEPS) -> dict[str, str]:
+    """Run CLI steps in-process; returns each step's output. Fails the test with the output of a failed step."""
+    from typer.testing import CliRunner
+
+    from bertrec.cli import app
+
+    runner = CliRunner()
+    outputs = {}
+    for step in steps:
+        result = runner.invoke(app, [step, *args])
+        assert result.exit_code == 0, f"{step}: {result.output}"
+        outputs[step] = result.output
+    return outputs

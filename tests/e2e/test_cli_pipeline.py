@@ -9,30 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from bertrec.cli import app
-from builders import cyclic_dataset
-from conftest import paths_under
+from builders import project_args, run_steps
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("cli")
-    data = cyclic_dataset()
-    data.interactions[["user_id", "item_id", "timestamp"]].to_csv(root / "log.csv", index=False)
-    data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(root / "items.csv", index=False)
-    sets = [
-        *paths_under(root), "data.source=table", f"data.path={root / 'log.csv'}", f"data.items_path={root / 'items.csv'}",
-        "data.text_template='{title}. Genres: {genres}.'", "baselines.models=[popular, itemknn]",
-        f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.max_history=8", "model.dropout=0.0",
-        "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=8", "eval.batch_size=32",
-    ]  # fmt: skip
-    args = ["--params", str(root / "absent.yaml"), *[x for s in sets for x in ("--set", s)]]
-    runner = CliRunner()
-    outputs = {}
-    for step in ("prepare", "split", "baselines", "train", "embed", "index", "evaluate"):
-        result = runner.invoke(app, [step, *args])
-        assert result.exit_code == 0, f"{step}: {result.output}"
-        outputs[step] = result.output
-    return root, args, outputs
+    args = project_args(root, tiny_encoder)
+    return root, args, run_steps(args)
 
 
 def test_bundle_has_its_three_parts(project):

@@ -1,0 +1,126 @@
+"""The `register` step: one MLflow run for the pipeline's results, the bundle registered and gated.
+
+It reads what the earlier steps wrote (the bundle, ``metrics/evaluate.json``,
+``metrics/baselines.json``, the top-K lists, the prepared data's manifest) and:
+
+1. logs them as one MLflow run: resolved params, every metric per split/target/K for the model and
+   the baselines, per-epoch curves, the metrics JSON and top-K lists, PNG plots, lineage tags;
+2. evaluates the bundle as served on the current data for the promotion rule;
+3. registers the bundle as a new version (unless this exact bundle is one already);
+4. re-evaluates the champion, decides and moves the aliases (bertrec.registry.gate_and_switch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from bertrec.bundle import MODEL
+from bertrec.config import Params
+from bertrec.data import MANIFEST_FILE, load_dataset
+from bertrec.evaluate import reference_of, train_set
+from bertrec.plots import ndcg_against_k, popularity_against_catalogue, training_curve
+from bertrec.recommend import Recommender
+from bertrec.registry import (
+    Checkpoint, Registration, alias_version, baseline_scores, bundle_fingerprint, decision_record, find_bundle,
+    gate_and_switch, gate_scores, log_bundle, register_version, version_tags, CHAMPION,
+)  # fmt: skip
+from bertrec.results import EVALUATE_FILE, current_baselines, data_hash
+from bertrec.tracking import connect, curve_entries, lineage_tags, log_batch, metric_entries, mlflow_name, topk_lists
+
+log = logging.getLogger(__name__)
+EXAMPLE_HISTORY = 5
+
+
+def register(p: Params, run_name: str | None = None, run_tags: dict[str, str] | None = None,
+             checkpoint: Checkpoint | None = None) -> Registration:  # fmt: skip
+    """Track this pipeline run in MLflow, register the bundle and run the promotion gate.
+
+    ``run_tags`` are added to the run (e.g. the Prefect flow run); ``checkpoint`` is called with
+    ``"uploaded"`` once the version is registered and ``"decided"`` before the aliases move.
+    Raises RegistryError or FileNotFoundError (missing step outputs) before anything is registered.
+    """
+    client = connect(p)
+    data = load_dataset(p.paths.prepared)
+    manifest = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())
+    sha = data_hash(p.paths.prepared)
+    training = json.loads((p.paths.bundle / MODEL / "training.json").read_text())
+    evaluation = _read(p.paths.metrics / EVALUATE_FILE)
+    baselines = current_baselines(p)
+    challenger = Recommender(p.paths.bundle, p.train.device)
+    scores = gate_scores(challenger, data, p)
+    baseline = baseline_scores(baselines, p)
+    name = p.mlflow.registered_model
+    with mlflow.start_run(run_name=run_name) as run:
+        run_id = run.info.run_id
+        tags = lineage_tags(p, manifest["dataset"], sha) | dict(run_tags or {})
+        _log_results(client, run_id, p, training, evaluation, baselines, tags)
+        log_batch(client, run_id, metrics={mlflow_name(f"gate/{k}"): v for k, v in scores.items()})
+        _log_plots(p, data, training, evaluation)
+        fingerprint = bundle_fingerprint(p.paths.bundle)
+        existing = find_bundle(client, name, fingerprint)
+        if existing is not None:
+            champion = alias_version(client, name, CHAMPION)
+            mlflow.set_tags({"registry.version": existing, "registry.registered": "false"})
+            log.info("this bundle is already version %s of %s; nothing registered", existing, name)
+            return Registration(run_id, existing, False, None, champion)
+        history = data.interactions["item_id"].astype(str).tolist()[:EXAMPLE_HISTORY]
+        model_uri = log_bundle(p, history)
+        version = register_version(client, p, model_uri, version_tags(scores, p, sha, run_id, fingerprint))
+        if checkpoint:
+            checkpoint("uploaded")
+        decision, champion = gate_and_switch(client, p, version, scores, baseline, data, checkpoint)
+        mlflow.set_tags({"registry.version": version, "registry.registered": "true",
+                         "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})  # fmt: skip
+        mlflow.log_text(decision_record(decision, version, champion), "gate/decision.json")
+    return Registration(run_id, version, True, decision, champion)
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `bertrec evaluate` first")
+    return json.loads(path.read_text())
+
+
+def _log_results(client, run_id: str, p: Params, training: dict, evaluation: dict, baselines: dict,
+                 tags: dict[str, str]) -> None:  # fmt: skip
+    split = evaluation["split"]
+    metrics: dict[str, float] = {}
+    for model, results in evaluation["results"].items():
+        prefix = "" if model == "bertrec" else f"baselines/{model}/"
+        metrics |= metric_entries(results, split, prefix)
+    for split_name, models in baselines.items():
+        for model, results in models.items():
+            metrics |= metric_entries(results, split_name, f"baselines/{model}/")
+    metrics |= {"train/best_epoch": float(training["best_epoch"])}
+    log_batch(client, run_id, metrics=metrics, curves=curve_entries(training["epochs"]), params=p.flat(), tags=tags)
+    for path in sorted(p.paths.metrics.glob("*.json")):
+        mlflow.log_artifact(str(path), "metrics")
+    mlflow.log_dict(training, "metrics/training.json")
+    topk = p.paths.outputs / "topk"
+    if topk.exists():
+        mlflow.log_artifacts(str(topk), "topk")
+
+
+def _log_plots(p: Params, data, training: dict, evaluation: dict) -> None:
+    from bertrec.split import read_split
+
+    split_name = evaluation["split"]
+    split = read_split(p.paths.splits, split_name, data.n_users, data.n_items)
+    target = "test_all" if split.new_items is not None else "test"
+    results = {model: r[target] for model, r in evaluation["results"].items()}
+    popularity = reference_of(train_set(split, data.items)).popularity
+    with tempfile.TemporaryDirectory(prefix="bertrec-plots-") as tmp:
+        folder = Path(tmp)
+        ndcg_against_k(results, tuple(p.eval.ks), folder / "ndcg_at_k.png", f"{split_name} {target}")
+        lists = {m: v[:, : min(p.eval.ks)] for m, v in topk_lists(p.paths.outputs / "topk", split_name, target).items()}
+        if lists:
+            popularity_against_catalogue(lists, popularity, folder / "popularity.png",
+                                         f"{split_name} {target}: top-{min(p.eval.ks)} by item popularity")  # fmt: skip
+        if training["epochs"]:
+            training_curve(training["epochs"], folder / "training_curve.png")
+        mlflow.log_artifacts(str(folder), "plots")

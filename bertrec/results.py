@@ -1,0 +1,46 @@
+"""The pipeline's metrics files and what their figures depend on.
+
+``metrics/baselines.json`` (``bertrec baselines``): ``{data_sha256, config, dataset, splits: {split:
+{model: {target: {metric: value}}}}}``. ``metrics/evaluate.json`` (``bertrec evaluate``): ``{split,
+results: {model: {target: {metric: value}}}}``. Baseline figures are reused only while the data and
+the baselines' configuration are those they were computed on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bertrec.config import Params
+
+BASELINES_FILE = "baselines.json"
+EVALUATE_FILE = "evaluate.json"
+
+
+def data_hash(prepared: Path) -> str:
+    """The content hash (sha256) of the prepared interactions, from the manifest of `prepare`."""
+    from bertrec.data import INTERACTIONS_FILE, MANIFEST_FILE
+
+    return json.loads((Path(prepared) / MANIFEST_FILE).read_text())["outputs"][INTERACTIONS_FILE]
+
+
+def baseline_config(p: Params) -> dict[str, Any]:
+    """What the baselines' figures depend on besides the data."""
+    return json.loads(json.dumps({
+        "baselines": p.baselines.model_dump(mode="json"), "encoder": p.model.encoder,
+        "max_length": p.model.max_length, "ks": list(p.eval.ks), "split": p.split.model_dump(mode="json"),
+    }))  # fmt: skip
+
+
+def read_baselines(p: Params) -> dict[str, Any]:
+    """The saved baselines report, or {} when there is none."""
+    path = p.paths.metrics / BASELINES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def current_baselines(p: Params) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """``{split: {model: {target: metrics}}}`` of the saved baselines, or {} when they are stale."""
+    saved = read_baselines(p)
+    same = saved.get("data_sha256") == data_hash(p.paths.prepared) and saved.get("config") == baseline_config(p)
+    return saved.get("splits", {}) if same else {}
