@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+RUN_TAGS_ENV, RUN_NAME_ENV = "BERTREC_RUN_TAGS", "BERTREC_RUN_NAME"
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file (one source of configuration).")]
 SetOpt = Annotated[
     list[str] | None,
@@ -32,6 +34,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        force=True,  # a fresh handler per invocation (tests invoke the app many times in one process)
     )
 
 
@@ -46,6 +49,20 @@ def _params(path: Path, overrides: list[str] | None) -> Params:
 def _fail(exc: Exception) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(1)
+
+
+@app.command()
+def fetch(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Put the raw data under paths.raw, the snapshot DVC versions: fetch MovieLens-100K or copy a local log."""
+    from bertrec.sources import fetch_raw
+    from bertrec.tables import DataError
+
+    p = _params(params, set_)
+    try:
+        folder, route, detail = fetch_raw(p)
+    except DataError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{route}: {detail} -> {folder}")
 
 
 @app.command()
@@ -102,7 +119,7 @@ def baselines(
     from bertrec.evaluate import evaluate_split, targets
     from bertrec.io import write_json
     from bertrec.report import markdown_table
-    from bertrec.results import BASELINES_FILE, baseline_config, data_hash, read_baselines
+    from bertrec.results import BASELINES_FILE, BASELINES_TOPK, baseline_config, data_hash, read_baselines
     from bertrec.split import read_split
 
     p = _params(params, set_)
@@ -118,9 +135,7 @@ def baselines(
         if split_name not in SPLITS:
             raise _fail(ValueError(f"unknown split {split_name!r}; valid splits: {', '.join(SPLITS)}"))
         loaded = read_split(p.paths.splits, split_name, data.n_users, data.n_items)
-        results = evaluate_split(
-            scorers, loaded, data.items, p.eval.ks, p.eval.batch_size, p.paths.outputs / "topk"
-        )
+        results = evaluate_split(scorers, loaded, data.items, p.eval.ks, p.eval.batch_size, p.paths.outputs / BASELINES_TOPK)
         report["splits"][split_name] = results
         for target in targets(loaded):
             if target == "valid":
@@ -143,6 +158,7 @@ def train(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, split_name: S
     Checkpoints go to <bundle>/checkpoints after every epoch; an interrupted run resumes from the last.
     """
     from bertrec.bundle import save_model, training_record
+    from bertrec.results import write_training_metrics
     from bertrec.data import load_dataset
     from bertrec.split import read_split
     from bertrec.train import train as run_train
@@ -154,6 +170,7 @@ def train(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, split_name: S
     result = run_train(p, loaded, data.items, work)
     record = training_record(result, p, loaded.name)
     target = save_model(result.scorer, data.items, p.paths.bundle, record, data.interactions)
+    write_training_metrics(record, p.paths.metrics)
     shutil.rmtree(work, ignore_errors=True)
     typer.echo(
         f"trained on {loaded.name}: best epoch {result.best_epoch}, valid NDCG@10 "
@@ -196,7 +213,7 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     from bertrec.evaluate import evaluate_split, targets
     from bertrec.io import write_json
     from bertrec.report import markdown_table
-    from bertrec.results import EVALUATE_FILE, current_baselines
+    from bertrec.results import EVALUATE_FILE, EVALUATE_TOPK, current_baselines
     from bertrec.split import read_split
 
     p = _params(params, set_)
@@ -204,7 +221,7 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
     scorer, _ = load_model(p.paths.bundle, p.train.device)
     trained_on = json.loads((p.paths.bundle / MODEL / "training.json").read_text())["split"]
     loaded = read_split(p.paths.splits, trained_on, data.n_users, data.n_items)
-    topk_dir = p.paths.outputs / "topk"
+    topk_dir = p.paths.outputs / EVALUATE_TOPK
     results = evaluate_split([scorer], loaded, data.items, p.eval.ks, p.eval.batch_size, topk_dir)
     # The baselines' figures of `bertrec baselines` are reused when they are of the same data and models.
     by_model = current_baselines(p).get(trained_on, {})
@@ -257,15 +274,20 @@ def recommend(
 def register(
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
-    run_name: Annotated[str | None, typer.Option("--run-name", help="Name of the MLflow run (default: MLflow's).")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Name of the MLflow run (default: $BERTREC_RUN_NAME, else MLflow's).")] = None,
 ) -> None:
-    """Log this pipeline run to MLflow, register the bundle as a model version, run the promotion gate."""
+    """Log this pipeline run to MLflow, register the bundle as a model version, run the promotion gate.
+
+    Tags in $BERTREC_RUN_TAGS (a JSON object; the Prefect flow sets it) are added to the MLflow run.
+    """
     from bertrec.register import register as run_register
     from bertrec.registry import RegistryError
 
     p = _params(params, set_)
+    # A flow that runs this step through DVC passes its run's name and tags in the environment.
+    tags = json.loads(os.environ.get(RUN_TAGS_ENV, "{}"))
     try:
-        result = run_register(p, run_name)
+        result = run_register(p, run_name or os.environ.get(RUN_NAME_ENV), tags)
     except (RegistryError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     name = p.mlflow.registered_model
@@ -324,7 +346,6 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
 ) -> None:
     """Serve models:/<registered_model>@<alias> with `mlflow models serve` (POST /invocations)."""
-    import os
     import sys
 
     p = _params(params, set_)
@@ -335,6 +356,67 @@ def serve(
     # mlflow starts `uvicorn` by name: put this environment's scripts first on PATH.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     os.execvpe(command[0], command, os.environ | {"MLFLOW_TRACKING_URI": p.mlflow.tracking_uri, "PATH": path})
+
+
+stack_app = typer.Typer(help="A local stack on 127.0.0.1: Prefect server, MLflow server, workers.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+PrefectPortOpt = Annotated[int, typer.Option("--prefect-port", help="Port of the Prefect server.")]
+MlflowPortOpt = Annotated[int, typer.Option("--mlflow-port", help="Port of the MLflow server.")]
+
+
+def _stack_config(params: Path, set_: list[str] | None, prefect_port: int, mlflow_port: int):
+    from bertrec.stack import StackConfig
+
+    p = _params(params, set_)
+    backend = p.mlflow.tracking_uri if p.mlflow.tracking_uri.startswith("sqlite") else "sqlite:///mlflow.db"
+    return StackConfig(Path.cwd(), p.paths.cache / "stack", prefect_port, mlflow_port, backend)
+
+
+@stack_app.command("up")
+def stack_up(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, prefect_port: PrefectPortOpt = 4200,
+             mlflow_port: MlflowPortOpt = 5000) -> None:  # fmt: skip
+    """Start the Prefect and MLflow servers and a worker per pool (cpu, gpu), create the pools, deploy prefect.yaml."""
+    from bertrec.stack import up
+
+    for line in up(_stack_config(params, set_, prefect_port, mlflow_port)):
+        typer.echo(line)
+
+
+@stack_app.command("down")
+def stack_down(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, prefect_port: PrefectPortOpt = 4200,
+               mlflow_port: MlflowPortOpt = 5000) -> None:  # fmt: skip
+    """Stop what `stack up` started."""
+    from bertrec.stack import down
+
+    stopped = down(_stack_config(params, set_, prefect_port, mlflow_port))
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("worker")
+def stack_worker(
+    pool: Annotated[str, typer.Option("--pool", help="The work pool to poll.")],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    dvc_remote: Annotated[str | None, typer.Option("--dvc-remote", help="URL of the DVC remote this worker shares (written to .dvc/config.local).")] = None,
+    dvc_endpoint: Annotated[str | None, typer.Option("--dvc-endpoint", help="S3 endpoint URL of that remote (MinIO, ...).")] = None,
+) -> None:
+    """Configure this checkout (params.yaml overrides, DVC remote), then run `prefect worker start --pool POOL`."""
+    import subprocess
+    import sys
+
+    from bertrec.config import apply_overrides
+
+    if set_:
+        try:
+            apply_overrides(params, set_)
+        except ConfigError as exc:
+            raise _fail(exc) from None
+    if dvc_remote:
+        subprocess.run(["dvc", "remote", "add", "--local", "--force", "--default", "stack", dvc_remote], check=True)
+        if dvc_endpoint:
+            subprocess.run(["dvc", "remote", "modify", "--local", "stack", "endpointurl", dvc_endpoint], check=True)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    os.execv(prefect, [prefect, "worker", "start", "--pool", pool])
 
 
 if __name__ == "__main__":

@@ -274,3 +274,62 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[
     except ValidationError as exc:
         origin = str(path) + (" with overrides" if overrides else "")
         raise _explain(exc, origin) from None
+
+
+def _optional_mirror(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """A copy of ``model`` whose every field is optional with default None (sections recursively)."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for key, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = _optional_mirror(annotation, f"{annotation.__name__.removesuffix('Params')}Overrides")
+        default = field.default if field.default_factory is None else field.default_factory()
+        described = f"params.yaml default: {default!r}" if not isinstance(default, BaseModel) else None
+        fields[key] = (annotation | None, Field(None, description=described))
+    return create_model(name, __config__=ConfigDict(frozen=True, extra="forbid"), __doc__=model.__doc__, **fields)
+
+
+# The typed overrides of params.yaml that a flow run takes (the Prefect UI shows them as a form).
+ParamsOverrides = _optional_mirror(Params, "ParamsOverrides")
+
+
+def override_sets(overrides: BaseModel | dict[str, Any] | None) -> list[str]:
+    """``ParamsOverrides`` (or its dict) -> ``["train.lr=0.001", ...]`` for the fields that are set."""
+    if overrides is None:
+        return []
+    tree = overrides.model_dump(mode="json", exclude_none=True) if isinstance(overrides, BaseModel) else overrides
+    tree = ParamsOverrides.model_validate(tree).model_dump(mode="json", exclude_none=True)
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in _flatten(tree).items()]  # fmt: skip
+
+
+def apply_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> Params:
+    """Write ``section.key=value`` overrides into the params file, keeping its comments and layout.
+
+    The result is validated first, so an invalid override changes nothing. Raises ConfigError.
+    """
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
+    from bertrec.io import atomic_file
+
+    params = load_params(path, sets)  # validate before writing anything
+    ruamel = YAML()
+    ruamel.preserve_quotes = True
+    ruamel.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    tree = ruamel.load(Path(path).read_text(encoding="utf-8")) if Path(path).exists() else None
+    tree = tree if tree is not None else {}
+    for text in sets:
+        keys, value = parse_override(text)
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    buffer = StringIO()
+    ruamel.dump(tree, buffer)
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    return params

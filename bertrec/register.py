@@ -29,7 +29,8 @@ from bertrec.registry import (
     Checkpoint, Registration, alias_version, baseline_scores, bundle_fingerprint, decision_record, find_bundle,
     gate_and_switch, gate_scores, log_bundle, register_version, version_tags, CHAMPION,
 )  # fmt: skip
-from bertrec.results import EVALUATE_FILE, current_baselines, data_hash
+from bertrec.io import write_json
+from bertrec.results import EVALUATE_FILE, REGISTER_FILE, current_baselines, data_hash
 from bertrec.tracking import connect, curve_entries, lineage_tags, log_batch, metric_entries, mlflow_name, topk_lists
 
 log = logging.getLogger(__name__)
@@ -67,17 +68,42 @@ def register(p: Params, run_name: str | None = None, run_tags: dict[str, str] | 
             champion = alias_version(client, name, CHAMPION)
             mlflow.set_tags({"registry.version": existing, "registry.registered": "false"})
             log.info("this bundle is already version %s of %s; nothing registered", existing, name)
-            return Registration(run_id, existing, False, None, champion)
+            result = Registration(run_id, existing, False, None, champion)
+            _write_record(p, result, run.info.experiment_id, scores, None, baseline, champion)
+            return result
         history = data.interactions["item_id"].astype(str).tolist()[:EXAMPLE_HISTORY]
         model_uri = log_bundle(p, history)
         version = register_version(client, p, model_uri, version_tags(scores, p, sha, run_id, fingerprint))
         if checkpoint:
             checkpoint("uploaded")
-        decision, champion = gate_and_switch(client, p, version, scores, baseline, data, checkpoint)
+        gate = gate_and_switch(client, p, version, scores, baseline, data, checkpoint)
+        decision = gate.decision
         mlflow.set_tags({"registry.version": version, "registry.registered": "true",
                          "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})  # fmt: skip
-        mlflow.log_text(decision_record(decision, version, champion), "gate/decision.json")
-    return Registration(run_id, version, True, decision, champion)
+        mlflow.log_text(decision_record(decision, version, gate.champion), "gate/decision.json")
+    result = Registration(run_id, version, True, decision, gate.champion)
+    _write_record(p, result, run.info.experiment_id, scores, gate.champion_scores, baseline, gate.champion_before)
+    return result
+
+
+def _write_record(p: Params, result: Registration, experiment_id: str, scores: dict[str, float],
+                  champion_scores: dict[str, float] | None, baselines: dict[str, dict[str, float]],
+                  champion_before: str | None) -> None:  # fmt: skip
+    """``metrics/register.json``: what this step decided, with the numbers it decided on (a DVC metric)."""
+    keys = [p.promotion.metric, *p.promotion.guardrails]
+    uri = p.mlflow.tracking_uri
+    write_json(p.paths.metrics / REGISTER_FILE, {
+        "run_id": result.run_id, "experiment_id": experiment_id, "tracking_uri": uri,
+        "run_url": f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{result.run_id}" if uri.startswith("http") else None,
+        "model": p.mlflow.registered_model, "version": result.version, "registered": result.registered,
+        "promote": result.decision.promote if result.decision else False,
+        "reason": result.decision.reason if result.decision else f"this bundle is already version {result.version}",
+        "champion_before": champion_before, "champion": result.champion,
+        "challenger_scores": {k: scores[k] for k in keys if k in scores},
+        "champion_scores": {k: champion_scores[k] for k in keys if k in champion_scores} if champion_scores else None,
+        "baselines": {name: s.get(p.promotion.metric) for name, s in baselines.items()},
+        "primary": p.promotion.metric,
+    })  # fmt: skip
 
 
 def _read(path: Path) -> dict:

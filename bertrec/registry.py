@@ -117,7 +117,7 @@ def baseline_scores(baselines: dict, p: Params) -> dict[str, dict[str, float]]:
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
@@ -172,13 +172,24 @@ def register_version(client: MlflowClient, p: Params, model_uri: str, tags: dict
     listed = mlflow.artifacts.list_artifacts(artifact_uri=f"{client.get_model_version_download_uri(name, version.version)}/artifacts/bundle/{INDEX}")
     if not any(Path(f.path).name == "index.faiss" for f in listed):
         raise RegistryError(f"version {version.version} of {name} has no FAISS index in its artifacts; no alias was changed")
-    return version.version
+    return str(version.version)
+
+
+@dataclass(frozen=True)
+class Gate:
+    decision: Decision
+    champion: str | None  # after the switch
+    champion_before: str | None
+    champion_scores: dict[str, float] | None  # the champion before, re-evaluated on the current data
 
 
 def gate_and_switch(client: MlflowClient, p: Params, version: str, scores: dict[str, float],
                     baselines: dict[str, dict[str, float]], data: Dataset,
-                    checkpoint: Checkpoint | None = None) -> tuple[Decision, str | None]:  # fmt: skip
-    """Under the registry lock: re-evaluate the champion, decide, move the aliases. Returns (decision, champion)."""
+                    checkpoint: Checkpoint | None = None, force: bool = False) -> Gate:  # fmt: skip
+    """Under the registry lock: re-evaluate the champion, decide, move the aliases.
+
+    ``force`` promotes even when the gate says no; the reason records both.
+    """
     name = p.mlflow.registered_model
     with lock_for(p):
         for _ in range(GATE_ATTEMPTS):
@@ -188,12 +199,15 @@ def gate_and_switch(client: MlflowClient, p: Params, version: str, scores: dict[
                 with tempfile.TemporaryDirectory(prefix="bertrec-champion-") as tmp:
                     champion_scores = gate_scores(load_version(client, name, champion, Path(tmp), p.train.device), data, p)
             decision = decide_promotion(scores, champion_scores, baselines, p.promotion)
+            if force and not decision.promote:
+                decision = Decision(True, f"forced promotion; the gate said: {decision.reason}", decision.checks)
             if checkpoint:
                 checkpoint("decided")
             if alias_version(client, name, CHAMPION) == champion:
                 break
         else:
             raise RegistryError(f"the champion of {name} kept moving during {GATE_ATTEMPTS} gate attempts; no alias was changed")
+        before = champion
         gate_tags = {"gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason,
                      "gate.champion_before": champion or "none"}  # fmt: skip
         if champion_scores:
@@ -207,7 +221,25 @@ def gate_and_switch(client: MlflowClient, p: Params, version: str, scores: dict[
             client.set_registered_model_alias(name, CHAMPION, version)
             champion = version
         client.set_registered_model_alias(name, CHALLENGER, version)
-    return decision, champion
+    return Gate(decision, champion, before, champion_scores)
+
+
+def promote_version(p: Params, version: str, force: bool = False) -> Gate:
+    """Run the gate for an already registered ``version`` against the champion, on the current data.
+
+    For manual promotion (the `promote` flow). Raises RegistryError when the version is the champion.
+    """
+    from bertrec.data import load_dataset
+    from bertrec.results import current_baselines
+
+    client = MlflowClient(p.mlflow.tracking_uri, p.mlflow.tracking_uri)
+    name = p.mlflow.registered_model
+    if alias_version(client, name, CHAMPION) == str(version):
+        raise RegistryError(f"version {version} of {name} is already the champion")
+    data = load_dataset(p.paths.prepared)
+    with tempfile.TemporaryDirectory(prefix="bertrec-version-") as tmp:
+        scores = gate_scores(load_version(client, name, str(version), Path(tmp), p.train.device), data, p)
+    return gate_and_switch(client, p, str(version), scores, baseline_scores(current_baselines(p), p), data, force=force)
 
 
 def rollback(p: Params) -> tuple[str, str]:

@@ -16,6 +16,13 @@ from bertrec.config import Params
 
 BASELINES_FILE = "baselines.json"
 EVALUATE_FILE = "evaluate.json"
+REGISTER_FILE = "register.json"  # what `bertrec register` decided
+TRAIN_FILE = "train.json"  # best epoch and its validation metrics
+TRAIN_CURVE_FILE = "train_curve.csv"  # per epoch: loss and validation NDCG@10 (a DVC plot)
+# Top-K lists under paths.outputs: one folder per step, so that each DVC stage owns its outputs.
+TOPK = "topk"
+BASELINES_TOPK = f"{TOPK}/baselines"
+EVALUATE_TOPK = f"{TOPK}/evaluate"
 
 
 def data_hash(prepared: Path) -> str:
@@ -44,3 +51,16 @@ def current_baselines(p: Params) -> dict[str, dict[str, dict[str, dict[str, floa
     saved = read_baselines(p)
     same = saved.get("data_sha256") == data_hash(p.paths.prepared) and saved.get("config") == baseline_config(p)
     return saved.get("splits", {}) if same else {}
+
+
+def write_training_metrics(record: dict[str, Any], metrics_dir: Path) -> None:
+    """``train.json`` (best epoch, its validation metrics, epochs run) and ``train_curve.csv``, atomically."""
+    from bertrec.io import atomic_file, write_json
+
+    write_json(Path(metrics_dir) / TRAIN_FILE, {"split": record["split"], "best_epoch": record["best_epoch"],
+                                                "epochs_run": len(record["epochs"]), "valid": record["best_valid"]})  # fmt: skip
+    rows = ["epoch,loss,valid_ndcg_at_10,seconds"]
+    rows += [f"{e['epoch']},{e['loss']:.6f},{e['valid'].get('NDCG@10', float('nan')):.6f},{e['seconds']:.2f}"
+             for e in record["epochs"]]  # fmt: skip
+    with atomic_file(Path(metrics_dir) / TRAIN_CURVE_FILE) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")

@@ -214,3 +214,43 @@ def load_source(params: Params) -> Source:
 def _identity(template: str) -> dict[str, str]:
     """Template fields read from the columns of the same name."""
     return {name: name for name in template_fields(template)}
+
+
+def fetch_raw(params: Params) -> tuple[Path, str, str]:
+    """Put the configured raw data under ``paths.raw``, the folder DVC versions; returns (folder, route, detail).
+
+    MovieLens-100K without ``data.path`` is fetched through the routes (see :func:`fetch_ml100k`).
+    A local source (``data.path`` and, for tables, ``data.items_path``) is copied into
+    ``paths.raw/local/<name>`` with a SOURCE.json of the files' sha256; an unchanged snapshot is left
+    as it is, so its DVC hash changes only when the data does. Raises DataError.
+    """
+    data, paths = params.data, params.paths
+    if data.source == "movielens-100k" and data.path is None:
+        return fetch_ml100k(paths.raw, paths.cache, data.routes)
+    files = [Path(f) for f in (data.path, data.items_path) if f is not None]
+    if not files:
+        raise DataError(f"data.source {data.source!r} needs data.path")
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: not found (data.path / data.items_path)")
+    digests = {f.name: (sha256_file(f) if f.is_file() else _tree_sha256(f)) for f in files}
+    target = paths.raw / "local" / (data.name or files[0].stem)
+    record = target / SOURCE_FILE
+    if record.exists() and json.loads(record.read_text()).get("sha256") == digests:
+        return target, "local", "unchanged snapshot"
+    with atomic_dir(target) as tmp:
+        for f in files:
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+        detail = ", ".join(str(f) for f in files)
+        (tmp / SOURCE_FILE).write_text(json.dumps({"route": "local", "detail": detail, "sha256": digests}, indent=2) + "\n")
+    return target, "local", detail
+
+
+def _tree_sha256(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()

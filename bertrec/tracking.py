@@ -113,9 +113,9 @@ def log_batch(client: MlflowClient, run_id: str, metrics: Mapping[str, float] | 
 
 
 def topk_lists(topk_dir: Path, split: str, target: str) -> dict[str, np.ndarray]:
-    """``{model: (users, K) item indices}`` from the saved top-K lists of one split and target."""
+    """``{model: (users, K) item indices}`` from the top-K lists of one split and target in any step's folder."""
     out = {}
-    for path in sorted((Path(topk_dir) / split).glob(f"*.{target}.parquet")):
+    for path in sorted(Path(topk_dir).glob(f"*/{split}/*.{target}.parquet")):
         frame = pd.read_parquet(path, columns=["item_idx"])
         out[path.name.split(".")[0]] = np.stack(frame["item_idx"].to_numpy()) if len(frame) else np.empty((0, 0), int)
     return out

@@ -114,7 +114,10 @@ def project_args(root: Path, encoder: Path, *extra: str, dataset=None) -> list[s
 
 
 def run_steps(args: list[str], steps=PIPELINE_STEPS) -> dict[str, str]:
-    """Run CLI steps in-process; returns each step's output. Fails the test with the output of a failed step."""
+    """Run CLI steps in-process (``"registry status"`` for a sub-command); returns each step's output.
+
+    Fails the test with the output of a step that fails.
+    """
     from typer.testing import CliRunner
 
     from bertrec.cli import app
@@ -122,7 +125,7 @@ def run_steps(args: list[str], steps=PIPELINE_STEPS) -> dict[str, str]:
     runner = CliRunner()
     outputs = {}
     for step in steps:
-        result = runner.invoke(app, [step, *args])
+        result = runner.invoke(app, [*step.split(), *args])
         assert result.exit_code == 0, f"{step}: {result.output}"
         outputs[step] = result.output
     return outputs

@@ -61,3 +61,12 @@ def recbole_wheel() -> Path:
     found = sorted(WHEELS.glob("recbole-1.2.1-*.whl"))
     assert found, f"no recbole-1.2.1 wheel in {WHEELS}; run the README's test command (make test), which fetches it"
     return found[-1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory):
+    """The URI of a real `mlflow server` on loopback, shared by the session's tests."""
+    from servers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

@@ -1,0 +1,219 @@
+"""The registry against a real `mlflow server` on loopback: register, gate, aliases, rollback, pyfunc, serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from typer.testing import CliRunner
+
+from bertrec.cli import app
+from bertrec.config import load_params
+from bertrec.recommend import Recommender
+from bertrec.register import register
+from bertrec.registry import CHALLENGER, CHAMPION, PREVIOUS, alias_version, versions
+from builders import project_args, run_steps
+from servers import free_port, serving
+
+pytestmark = pytest.mark.integration
+HISTORY = ["3", "4", "5", "6"]
+
+
+def overrides(args: list[str]) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
+def params_of(args: list[str], model: str):
+    return load_params(args[1], [*overrides(args), f"mlflow.registered_model={model}"])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_encoder, mlflow_uri):
+    """Prepared data, splits and baselines, and four trained, evaluated bundles of different quality.
+
+    Each bundle has its own outputs and metrics folders (with a copy of the baselines' figures).
+    """
+    root = tmp_path_factory.mktemp("registry")
+    base = project_args(root, tiny_encoder, f"mlflow.tracking_uri={mlflow_uri}", "baselines.models=[popular]")
+    run_steps(base, ("prepare", "split", "baselines"))
+    bundles = {}
+    for label, sets in {"weak": ["train.epochs=1"], "medium": ["train.epochs=3"], "strong": ["train.epochs=10"],
+                        "strong-seed7": ["train.epochs=10", "train.seed=7"]}.items():  # fmt: skip
+        outputs, metrics = root / f"outputs-{label}", root / f"metrics-{label}"
+        metrics.mkdir()
+        shutil.copy(root / "metrics" / "baselines.json", metrics)
+        paths = [f"paths.outputs={outputs}", f"paths.bundle={outputs / 'bundle'}", f"paths.metrics={metrics}"]
+        args = [*base, *[x for s in [*paths, *sets] for x in ("--set", s)]]
+        run_steps(args, ("train", "embed", "index", "evaluate"))
+        bundles[label] = args
+    return root, bundles, mlflow_uri
+
+
+def aliases(p) -> dict[str, str | None]:
+    client = MlflowClient(p.mlflow.tracking_uri, p.mlflow.tracking_uri)
+    return {a: alias_version(client, p.mlflow.registered_model, a) for a in (CHAMPION, CHALLENGER, PREVIOUS)}
+
+
+def test_lifecycle_promote_keep_replace_rollback(project):
+    _, bundles, uri = project
+    name = "lifecycle"
+    def cli(label: str, step: str = "register") -> str:
+        return run_steps([*bundles[label], "--set", f"mlflow.registered_model={name}"], (step,))[step]
+
+    # Given an empty registry, when a model that beats the baselines is registered, it becomes champion
+    out = cli("medium")
+    assert "version 1: PROMOTED to champion" in out and "no champion yet" in out
+    p = params_of(bundles["medium"], name)
+    assert aliases(p) == {CHAMPION: "1", CHALLENGER: "1", PREVIOUS: None}
+    # When a worse model is registered, it stays challenger, with a reason naming the numbers
+    out = cli("weak")
+    assert "version 2: stays challenger" in out
+    v2 = next(r for r in versions(p) if r.version == "2")
+    assert v2.tags["gate.promote"] == "false" and "vs champion" in v2.tags["gate.reason"]
+    ndcg = float(v2.tags["loo/test/NDCG_at_10"])
+    assert f"{ndcg:.4f}" in v2.tags["gate.reason"]
+    assert aliases(p) == {CHAMPION: "1", CHALLENGER: "2", PREVIOUS: None}
+    # When a better model is registered, it becomes champion and the old one previous
+    out = cli("strong")
+    assert "version 3: PROMOTED to champion" in out
+    assert aliases(p) == {CHAMPION: "3", CHALLENGER: "3", PREVIOUS: "1"}
+    # When the same bundle is registered again, nothing is registered or promoted
+    out = cli("strong")
+    assert "already version 3" in out and "nothing registered or promoted" in out
+    assert [r.version for r in versions(p)] == ["3", "2", "1"]
+    # Rollback moves champion back to previous
+    assert "from version 3 back to version 1" in cli("strong", "registry rollback")
+    assert aliases(p) == {CHAMPION: "1", CHALLENGER: "3", PREVIOUS: None}
+    assert "| 1 | champion |" in cli("strong", "registry status")
+    # With no previous version left, a second rollback is refused and changes nothing
+    refused = CliRunner().invoke(app, ["registry", "rollback", *bundles["strong"], "--set", f"mlflow.registered_model={name}"])
+    assert refused.exit_code == 1 and "no `previous` version" in refused.output
+    assert aliases(p)[CHAMPION] == "1"
+
+
+def test_run_is_tracked_with_params_metrics_curves_plots_and_lineage(project):
+    _, bundles, uri = project
+    p = params_of(bundles["medium"], "tracked")
+    result = register(p, run_name="tracked-run", run_tags={"origin": "test"})
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.data.params["train.epochs"] == "3" and run.data.params["model.dim"] == "16"
+    assert run.data.params["mlflow.tracking_uri"] == uri
+    metrics = run.data.metrics
+    for key in ("loo/test/NDCG_at_10", "loo/test/Coverage_at_20", "loo/valid/TailHit_at_10",
+                "baselines/popular/loo/test/NDCG_at_10", "baselines/popular/cold_items/test_new/Hit_at_10",
+                "gate/cold_items/test_all/Hit_at_10"):  # fmt: skip
+        assert key in metrics, key
+    curve = client.get_metric_history(result.run_id, "valid/NDCG_at_10")
+    assert sorted(m.step for m in curve) == [1, 2, 3]
+    tags = run.data.tags
+    assert tags["origin"] == "test" and tags["model.encoder"] == p.model.encoder and len(tags["data.sha256"]) == 64
+    assert tags["git.commit"] and tags["registry.version"] == result.version
+    files = {f.path for folder in ("plots", "metrics", "topk/evaluate/loo") for f in client.list_artifacts(result.run_id, folder)}
+    assert {"plots/ndcg_at_k.png", "plots/popularity.png", "plots/training_curve.png"} <= files
+    assert {"metrics/evaluate.json", "metrics/baselines.json", "metrics/training.json"} <= files
+    assert "topk/evaluate/loo/bertrec.test.parquet" in files
+    version = client.get_model_version("tracked", result.version)
+    assert version.tags["run_id"] == result.run_id and version.tags["data.sha256"] == tags["data.sha256"]
+
+
+def test_pyfunc_champion_predicts_like_the_recommender(project):
+    root, bundles, uri = project
+    p = params_of(bundles["strong"], "pyfunc")
+    register(p)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/pyfunc@champion")
+    recommender = Recommender(root / "outputs-strong" / "bundle")
+    # Given a history, a history without exclusion, and a known user named without a history
+    frame = pd.DataFrame({"history": [HISTORY, ["10", "11"], []], "user_id": [None, None, "3"]})
+    got = model.predict(frame, params={"k": 5})
+    expected = recommender.recommend_batch([HISTORY, ["10", "11"], recommender.history_of("3")], 5)
+    assert [list(r) for r in got["item_ids"]] == [[x.item_id for x in row] for row in expected]
+    assert all(abs(a - b.score) < 1e-5 for r, row in zip(got["scores"], expected) for a, b in zip(r, row))
+    kept = model.predict(pd.DataFrame({"history": [HISTORY]}), params={"k": 3, "exclude_history": False})
+    assert [list(r) for r in kept["item_ids"]] == [[x.item_id for x in recommender.recommend(HISTORY, 3, False)]]
+
+
+def test_served_champion_answers_invocations(project):
+    root, bundles, uri = project
+    args = bundles["strong"]
+    register(params_of(args, "served"))
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "bertrec"), "serve", *args, "--set", "mlflow.registered_model=served",
+               "--port", str(port)]  # fmt: skip
+    with serving(command, f"http://127.0.0.1:{port}/ping", root / "serve.log"):
+        body = json.dumps({"dataframe_records": [{"history": HISTORY}], "params": {"k": 4}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    expected = [x.item_id for x in Recommender(root / "outputs-strong" / "bundle").recommend(HISTORY, 4)]
+    assert answer["predictions"][0]["item_ids"] == expected
+
+
+def _register_in_subprocess(args: list[str], model: str, die_at: str | None = None) -> subprocess.Popen:
+    """`register` in a fresh process; with ``die_at``, the process SIGKILLs itself at that checkpoint."""
+    code = (
+        "import os, signal, sys\n"
+        "from bertrec.config import load_params\n"
+        "from bertrec.register import register\n"
+        f"p = load_params({args[1]!r}, {[*overrides(args), f'mlflow.registered_model={model}']!r})\n"
+        f"def checkpoint(stage):\n"
+        f"    if stage == {die_at!r}:\n"
+        f"        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "r = register(p, checkpoint=checkpoint)\n"
+        "print('RESULT', r.version, r.decision.promote if r.decision else None)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})  # fmt: skip
+
+
+@pytest.mark.parametrize("die_at", ["uploaded", "decided"])
+def test_killed_between_upload_and_alias_switch_changes_no_alias(project, die_at):
+    _, bundles, uri = project
+    model = f"killed-{die_at}"
+    register(params_of(bundles["medium"], model))
+    p = params_of(bundles["strong"], model)
+    before = aliases(p)
+    assert before[CHAMPION] == "1"
+    # When a better model's registration is killed after its upload, before the aliases move
+    process = _register_in_subprocess(bundles["strong"], model, die_at)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == -9, output
+    # Then its version exists, but no alias changed and no gate decision was recorded on it
+    assert [r.version for r in versions(p)] == ["2", "1"]
+    assert aliases(p) == before
+    assert "gate.promote" not in next(r for r in versions(p) if r.version == "2").tags
+
+
+def test_two_runs_finishing_together_leave_one_consistent_champion(project):
+    _, bundles, uri = project
+    model = "concurrent"
+    register(params_of(bundles["medium"], model))  # v1, the champion both runs face first
+    assert aliases(params_of(bundles["medium"], model))[CHAMPION] == "1"
+    # When two better models are registered at the same moment
+    a = _register_in_subprocess(bundles["strong"], model)
+    b = _register_in_subprocess(bundles["strong-seed7"], model)
+    outputs = [proc.communicate(timeout=600)[0] for proc in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outputs
+    # Then every promotion was decided against the champion of its moment: no lost update
+    p = params_of(bundles["medium"], model)
+    rows = {r.version: r for r in versions(p)}
+    assert set(rows) == {"1", "2", "3"}
+    promoted = sorted((v for v in ("2", "3") if rows[v].tags["gate.promote"] == "true"), key=int)
+    final = aliases(p)
+    assert promoted and final[CHAMPION] == promoted[-1]
+    befores = [rows[v].tags["gate.champion_before"] for v in ("2", "3")]
+    if len(promoted) == 2:  # the second run saw the first one's promotion
+        assert sorted(befores) == ["1", promoted[0]] and final[PREVIOUS] == promoted[0]
+    else:
+        assert final[PREVIOUS] == "1"

@@ -1,0 +1,67 @@
+"""Real servers on loopback for integration tests: start, wait until they answer, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log when it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+@contextmanager
+def serving(command: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``command`` in its own process group until the block ends; ``health`` must answer 200 first."""
+    environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+    try:
+        wait_for(health, process, log)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, local artifact store) on 127.0.0.1; yields its URI."""
+    port = free_port()
+    command = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # fmt: skip
+    with serving(command, f"http://127.0.0.1:{port}/health", root / "mlflow-server.log"):
+        yield f"http://127.0.0.1:{port}"
