@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WHEELS := .cache/bertrec/wheels
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test clean
+.PHONY: install run test clean stack stack-down
 
 install: $(STAMP)
 
@@ -19,19 +19,20 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip download --quiet --disable-pip-version-check recbole==1.2.1 --no-deps -d $(WHEELS)
 	@touch $(STAMP)
 
+# The pipeline is dvc.yaml's stages, run by the Prefect flow (local ephemeral Prefect, MLflow on
+# sqlite:///mlflow.db, DVC with the local remote): stages whose inputs did not change are skipped.
 run: $(STAMP)
-	$(BIN)/bertrec prepare
-	$(BIN)/bertrec split
-	$(BIN)/bertrec baselines
-	$(BIN)/bertrec train
-	$(BIN)/bertrec embed
-	$(BIN)/bertrec index
-	$(BIN)/bertrec evaluate
-	$(BIN)/bertrec register
+	$(BIN)/python -m flows.training
 	$(BIN)/bertrec recommend --user 1 --k 5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+stack: $(STAMP)
+	$(BIN)/bertrec stack up
+
+stack-down:
+	$(BIN)/bertrec stack down
 
 clean:
 	rm -rf data/prepared data/splits metrics outputs

@@ -129,3 +129,67 @@ def run_steps(args: list[str], steps=PIPELINE_STEPS) -> dict[str, str]:
         assert result.exit_code == 0, f"{step}: {result.output}"
         outputs[step] = result.output
     return outputs
+
+
+PROJECT_FILES = ("dvc.yaml", "prefect.yaml", "bertrec", "flows", "tasks")
+
+
+def dvc_project(root: Path, encoder: Path, mlflow_uri: str, *extra: str, remote: Path | None = None) -> Path:
+    """A git + DVC repository under ``root`` with this project's dvc.yaml, prefect.yaml and code, tiny params.
+
+    The log and items (the cyclic dataset) sit in ``incoming/``; params.yaml keeps the default
+    relative paths, so dvc.yaml's outs apply. ``remote``: the default DVC remote (a folder; default
+    inside the repository's cache). Returns ``root``.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from bertrec.config import apply_overrides
+
+    repo = Path(__file__).resolve().parents[1]
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = repo / name
+        (shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if source.is_dir() else shutil.copy(source, root / name))  # fmt: skip
+    (root / "incoming").mkdir()
+    data = cyclic_dataset()
+    data.interactions[["user_id", "item_id", "timestamp"]].to_csv(root / "incoming" / "log.csv", index=False)
+    data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(root / "incoming" / "items.csv", index=False)
+    shutil.copy(repo / "params.yaml", root / "params.yaml")
+    apply_overrides(root / "params.yaml", [
+        "data.source=table", "data.path=incoming/log.csv", "data.items_path=incoming/items.csv",
+        "data.text_template='{title}. Genres: {genres}.'", "baselines.models=[popular, itemknn]",
+        f"model.encoder={encoder}", "model.dim=16", "model.layers=1", "model.max_history=8", "model.dropout=0.0",
+        "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=6", "eval.batch_size=32",
+        f"mlflow.tracking_uri={mlflow_uri}", f"paths.cache={root / '.cache'}", *extra,
+    ])  # fmt: skip
+    (root / ".gitignore").write_text(".cache/\nmlruns/\n__pycache__/\n")
+    bin_dir = Path(sys.executable).parent
+
+    def run(*command: str) -> None:
+        subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
+
+    run("git", "init", "-q", "-b", "main")
+    run("git", "config", "user.email", "test@bertrec")
+    run("git", "config", "user.name", "bertrec test")
+    run(str(bin_dir / "dvc"), "init", "-q")
+    run(str(bin_dir / "dvc"), "config", "core.analytics", "false")
+    run(str(bin_dir / "dvc"), "remote", "add", "-d", "local", str(remote or root / ".cache" / "dvc-remote"))
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "project")
+    return root
+
+
+def dvc(root: Path, *args: str) -> str:
+    """Run the environment's ``dvc`` in ``root`` (its stages' ``bertrec`` on PATH); returns stdout+stderr."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr

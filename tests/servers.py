@@ -65,3 +65,39 @@ def mlflow_server(root: Path) -> Iterator[str]:
                "--workers", "1"]  # fmt: skip
     with serving(command, f"http://127.0.0.1:{port}/health", root / "mlflow-server.log"):
         yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def background(command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``command`` (a worker: nothing to poll) in its own process group until the block ends."""
+    environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environment,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def prefect_env(root: Path, api_url: str) -> dict[str, str]:
+    """Settings of every Prefect process of a test: its own home and the loopback server."""
+    return {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}  # fmt: skip
+
+
+@contextmanager
+def prefect_server(root: Path) -> Iterator[str]:
+    """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME; yields the API URL."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    env = prefect_env(root, api) | {"PREFECT_UI_ENABLED": "false"}
+    with serving(command, f"{api}/health", root / "prefect-server.log", env):
+        yield api

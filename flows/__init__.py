@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only; the decisions live in the bertrec library."""

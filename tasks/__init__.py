@@ -1,0 +1,1 @@
+"""Prefect tasks: one library or DVC call each, with its retries, timeout and logs."""

@@ -1,0 +1,24 @@
+"""Tasks around the registry calls of bertrec.registry (retried: they talk to the MLflow server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from bertrec.config import DEFAULT_PARAMS, load_params
+
+
+@task(retries=2, retry_delay_seconds=10)
+def promote_task(project: Path, version: str, force: bool) -> dict:
+    from bertrec.registry import promote_version
+
+    decision, champion = promote_version(load_params(project / DEFAULT_PARAMS), version, force)
+    return {"version": version, "promote": decision.promote, "reason": decision.reason, "champion": champion}
+
+
+@task(retries=2, retry_delay_seconds=10)
+def rollback_task(project: Path) -> tuple[str, str]:
+    from bertrec.registry import rollback
+
+    return rollback(load_params(project / DEFAULT_PARAMS))

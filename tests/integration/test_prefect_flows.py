@@ -1,0 +1,113 @@
+"""Deployments from prefect.yaml on a real Prefect server and workers on loopback, run through the API the UI uses.
+
+One pipeline run covers both: a run of the training deployment triggered with a parameter
+override, whose train stage runs as a separate deployment on the `gpu` pool, served by a worker
+with its own checkout that exchanges data with the pipeline only through the DVC remote.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from builders import dvc_project
+from servers import background, prefect_env, prefect_server
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+MODEL = "prefect-e2e"
+
+
+def prefect(root: Path, env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([str(BIN / "prefect"), *args], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_encoder, mlflow_uri):
+    """Server, pools, deployments, two workers with their own checkouts; one run triggered through the API."""
+    import os
+
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    base = tmp_path_factory.mktemp("prefect")
+    remote = base / "dvc-remote"
+    sets = (f"mlflow.registered_model={MODEL}", "baselines.models=[popular]")
+    project = dvc_project(base / "project", tiny_encoder, mlflow_uri, *sets, remote=remote)
+    gpu_checkout = dvc_project(base / "gpu-worker", tiny_encoder, mlflow_uri, *sets, remote=remote)
+    with prefect_server(base) as api:
+        env = os.environ | prefect_env(base, api) | {"HF_HUB_OFFLINE": "1"}
+        for pool in ("cpu", "gpu"):
+            prefect(project, env, "work-pool", "create", pool, "--type", "process")
+        prefect(project, env, "--no-prompt", "deploy", "--all")
+        with (background([str(BIN / "prefect"), "worker", "start", "--pool", "cpu"], base / "worker-cpu.log",
+                         project, env | {"BERTREC_PROJECT_DIR": str(project)}),
+              background([str(BIN / "prefect"), "worker", "start", "--pool", "gpu"], base / "worker-gpu.log",
+                         gpu_checkout, env | {"BERTREC_PROJECT_DIR": str(gpu_checkout)})):  # fmt: skip
+            with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: base / "prefect-home"}):
+                run = run_deployment("training-pipeline/weekly", timeout=900, parameters={
+                    "overrides": {"train": {"lr": 0.004}}, "gpu_deployment": "train-stage/gpu",
+                })  # fmt: skip
+                yield run, api, project, gpu_checkout, base
+
+
+def _read(api: str, base: Path, reader):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    async def go():
+        async with get_client() as client:
+            return await reader(client)
+
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: base / "prefect-home"}):
+        return asyncio.run(go())
+
+
+def test_triggered_run_completes_and_records_its_override_in_mlflow(pipeline_run, mlflow_uri):
+    run, api, project, _, base = pipeline_run
+    logs = (base / "worker-cpu.log").read_text()[-3000:]
+    assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{logs}"
+    # The override reached params.yaml, dvc.lock and the MLflow run, with the flow run's identity
+    record = json.loads((project / "metrics" / "register.json").read_text())
+    mlflow_run = MlflowClient(mlflow_uri).get_run(record["run_id"])
+    assert mlflow_run.data.params["train.lr"] == "0.004"
+    assert mlflow_run.data.tags["prefect.flow_run_id"] == str(run.id)
+    assert mlflow_run.data.tags["prefect.overrides"] == "train.lr=0.004"
+    assert "lr: 0.004" in (project / "params.yaml").read_text()
+    # The artifacts: a summary with the decision and a link to the MLflow run
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    artifacts = _read(api, base, lambda c: c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))))
+    by_key = {a.key: a for a in artifacts}
+    assert {"training-summary", "mlflow-run"} <= set(by_key)
+    summary = by_key["training-summary"].data
+    assert f"{MODEL} version {record['version']}" in summary and record["reason"] in summary
+    assert "loo/test/NDCG@10" in summary and record["run_id"] in by_key["mlflow-run"].data
+
+
+def test_train_stage_ran_on_the_gpu_pool_through_the_dvc_remote(pipeline_run):
+    run, api, project, gpu_checkout, base = pipeline_run
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    runs = _read(api, base, lambda c: c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["gpu"]))))
+    assert len(runs) == 1 and runs[0].state.is_completed() and runs[0].work_pool_name == "gpu"
+    assert runs[0].parent_task_run_id is not None  # started from the pipeline's flow run
+    # The model was trained in the gpu worker's checkout and reached the pipeline's through the remote
+    trained = gpu_checkout / "outputs" / "bundle" / "model" / "weights.safetensors"
+    pulled = project / "outputs" / "bundle" / "model" / "weights.safetensors"
+    assert trained.read_bytes() == pulled.read_bytes()
+    assert not (gpu_checkout / "outputs" / "bundle" / "embeddings").exists()  # only the train stage ran there
+    assert (project / "outputs" / "bundle" / "index").exists()  # the later stages ran in the pipeline's checkout
+    # and the pipeline adopted the train stage's entry of dvc.lock as the gpu worker wrote it
+    parent, child = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (project, gpu_checkout))
+    assert parent["train"] == child["train"] and "register" in parent and "register" not in child

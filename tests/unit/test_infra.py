@@ -1,0 +1,83 @@
+"""infra/ and prefect.yaml: the compose stack, the GPU job template and the deployments are well-formed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+
+
+def test_compose_stack_has_its_services_gpu_reservation_and_no_credentials():
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "minio", "buckets", "prefect-server", "mlflow", "worker-cpu", "worker-gpu"} <= set(services)
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "postgresql://" in services["mlflow"]["command"] and "s3://" in services["mlflow"]["command"]
+    for name in ("worker-cpu", "worker-gpu"):
+        assert f"--pool {name.split('-')[1]}" in services[name]["command"]
+    # every variable compose reads is one that env.example names; no literal secrets in the file
+    text = (INFRA / "compose.yaml").read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    example = dict(line.split("=", 1) for line in (INFRA / "env.example").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert used <= set(example), used - set(example)
+    assert not re.search(r"^\s*\w*(PASSWORD|SECRET\w*|ACCESS_KEY\w*):[ \t]*(?!\$)\S", text, re.MULTILINE)
+    assert "infra/.env" in (ROOT / ".gitignore").read_text()
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        assert "torch==2.13.0" in (INFRA / "docker" / dockerfile).read_text()
+
+
+def test_compose_config_validates_when_docker_compose_is_installed():
+    compose = shutil.which("docker-compose")
+    command = [compose] if compose else ["docker", "compose"]
+    try:
+        done = subprocess.run([*command, "-f", str(INFRA / "compose.yaml"), "--env-file", str(INFRA / "env.example"),
+                               "config", "-q"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    except FileNotFoundError:
+        done = None
+    available = done is not None and "unknown" not in done.stderr.lower() and "not found" not in done.stderr.lower()
+    # Without docker compose here the structural test above is the check; with it, config must pass.
+    assert not available or done.returncode == 0, done.stderr
+
+
+def test_gpu_job_template_requests_one_gpu():
+    template = yaml.safe_load((INFRA / "k8s" / "gpu-base-job-template.json").read_text())
+    assert json.loads((INFRA / "k8s" / "gpu-base-job-template.json").read_text()) == template
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert set(template["variables"]["properties"]) >= {"image", "namespace", "env", "command"}
+
+
+def test_prefect_yaml_deploys_every_flow_with_schedule_pools_and_limit():
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert set(deployments) == {"weekly", "gpu", "manual", "rollback"}
+    weekly = deployments["weekly"]
+    assert weekly["entrypoint"] == "flows/training.py:training_pipeline"
+    assert weekly["schedules"][0]["cron"] == "0 3 * * 1" and weekly["concurrency_limit"]["limit"] == 1
+    assert deployments["gpu"]["work_pool"]["name"] == "gpu" and weekly["work_pool"]["name"] == "cpu"
+    for d in deployments.values():
+        module, function = d["entrypoint"].split(":")
+        assert f"def {function}(" in (ROOT / module).read_text()
+
+
+def test_dvc_yaml_stages_run_bertrec_steps_in_order():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["fetch", "prepare", "split", "baselines", "train", "embed", "index", "evaluate", "register"]
+    from typer.main import get_command
+
+    from bertrec.cli import app
+
+    commands = set(get_command(app).commands)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"bertrec {name}" and name in commands
+        for dep in stage.get("deps", []):
+            assert (ROOT / dep).exists() or dep.startswith(("data/", "outputs/", "metrics/")), dep
