@@ -13,8 +13,8 @@ from bertrec.config import DEFAULT_PARAMS, load_params
 def promote_task(project: Path, version: str, force: bool) -> dict:
     from bertrec.registry import promote_version
 
-    decision, champion = promote_version(load_params(project / DEFAULT_PARAMS), version, force)
-    return {"version": version, "promote": decision.promote, "reason": decision.reason, "champion": champion}
+    gate = promote_version(load_params(project / DEFAULT_PARAMS), version, force)
+    return {"version": version, "promote": gate.decision.promote, "reason": gate.decision.reason, "champion": gate.champion}
 
 
 @task(retries=2, retry_delay_seconds=10)

@@ -40,20 +40,9 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 12
 @contextmanager
 def serving(command: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own process group until the block ends; ``health`` must answer 200 first."""
-    environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-    try:
+    with background(command, log, env=env) as process:
         wait_for(health, process, log)
         yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @contextmanager

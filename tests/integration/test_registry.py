@@ -217,3 +217,31 @@ def test_two_runs_finishing_together_leave_one_consistent_champion(project):
         assert sorted(befores) == ["1", promoted[0]] and final[PREVIOUS] == promoted[0]
     else:
         assert final[PREVIOUS] == "1"
+
+
+def test_promote_and_rollback_flows_drive_the_registry(project, tmp_path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from bertrec.config import apply_overrides
+    from flows.registry import promote, rollback
+
+    _, bundles, _ = project
+    model = "manual"
+    register(params_of(bundles["medium"], model))  # v1 champion
+    register(params_of(bundles["weak"], model))  # v2 stays challenger
+    # Given a project folder whose params.yaml is this test's configuration
+    apply_overrides(tmp_path / "params.yaml", [*overrides(bundles["weak"]), f"mlflow.registered_model={model}"])
+    p = params_of(bundles["weak"], model)
+    monkeypatch.chdir(tmp_path)  # the flows run in the project folder
+    with prefect_test_harness(server_startup_timeout=120):
+        # When the weaker version is put through the gate by hand, it is refused with the numbers
+        refused = promote(version="2", project_dir=str(tmp_path))
+        assert not refused["promote"] and "improvement failed" in refused["reason"]
+        assert aliases(p)[CHAMPION] == "1"
+        # When it is forced, it becomes champion and the reason says it was forced
+        forced = promote(version="2", force=True, project_dir=str(tmp_path))
+        assert forced["promote"] and forced["reason"].startswith("forced promotion")
+        assert aliases(p) == {CHAMPION: "2", CHALLENGER: "2", PREVIOUS: "1"}
+        # And the rollback flow moves champion back
+        assert rollback(project_dir=str(tmp_path)) == {"from": "2", "to": "1"}
+    assert aliases(p)[CHAMPION] == "1"

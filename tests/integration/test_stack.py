@@ -1,0 +1,54 @@
+"""`bertrec stack up` / `down` on loopback: servers answer, pools and deployments exist, everything stops."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from builders import dvc_project
+from servers import free_port
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def bertrec(root: Path, env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([str(BIN / "bertrec"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"bertrec {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
+    root = dvc_project(tmp_path / "project", tiny_encoder, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
+    try:
+        out = bertrec(root, env, "stack", "up", *ports)
+        prefect_ui, mlflow_ui = (line.split()[2] for line in out.splitlines()[:2])
+        assert answers(f"{prefect_ui}/api/health") and answers(f"{mlflow_ui}/health")
+        api = prefect_ui + "/api"
+        listed = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=env | {"PREFECT_API_URL": api},
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        for name in ("training-pipeline/weekly", "train-stage/gpu", "promote/manual", "rollback/rollback"):
+            assert name in listed, listed
+        pools = subprocess.run([str(BIN / "prefect"), "work-pool", "ls"], env=env | {"PREFECT_API_URL": api},
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert " cpu " in pools and " gpu " in pools
+        assert "stack" in bertrec(root, env, "stack", "up", *ports)  # idempotent: finds it running
+    finally:
+        stopped = bertrec(root, env, "stack", "down")
+    assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= set(stopped.split(": ")[1].split(", "))
+    assert not answers(f"{prefect_ui}/api/health")
