@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -34,8 +35,21 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        force=True,  # a fresh handler per invocation (tests invoke the app many times in one process)
+        handlers=[_StderrHandler()],
+        force=True,  # one handler, however often the app is invoked in one process
     )
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be swapped after set-up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def _params(path: Path, overrides: list[str] | None) -> Params:
@@ -346,7 +360,6 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
 ) -> None:
     """Serve models:/<registered_model>@<alias> with `mlflow models serve` (POST /invocations)."""
-    import sys
 
     p = _params(params, set_)
     uri = f"models:/{p.mlflow.registered_model}@{alias}"
@@ -402,7 +415,6 @@ def stack_worker(
 ) -> None:
     """Configure this checkout (params.yaml overrides, DVC remote), then run `prefect worker start --pool POOL`."""
     import subprocess
-    import sys
 
     from bertrec.config import apply_overrides
 

@@ -47,8 +47,35 @@ def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
         pools = subprocess.run([str(BIN / "prefect"), "work-pool", "ls"], env=env | {"PREFECT_API_URL": api},
                                capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert " cpu " in pools and " gpu " in pools
-        assert "stack" in bertrec(root, env, "stack", "up", *ports)  # idempotent: finds it running
+        # the server's scheduler turns the weekly cron into scheduled flow runs (the ephemeral server never does)
+        assert scheduled_runs(api, tmp_path, "weekly") >= 1
+        assert "Prefect UI" in bertrec(root, env, "stack", "up", *ports)  # idempotent: finds it running
     finally:
         stopped = bertrec(root, env, "stack", "down")
-    assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= set(stopped.split(": ")[1].split(", "))
+    assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= set(stopped.strip().split(": ")[1].split(", "))
     assert not answers(f"{prefect_ui}/api/health")
+
+
+def scheduled_runs(api: str, tmp_path: Path, deployment: str, timeout: float = 120.0) -> int:
+    """How many SCHEDULED flow runs the server created for ``deployment``, waiting up to ``timeout``."""
+    import asyncio
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    async def count() -> int:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+                flow_run_filter=FlowRunFilter(state=dict(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+            )
+            return len(runs)
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: tmp_path / "prefect-home"}):
+        while (found := asyncio.run(count())) == 0 and time.monotonic() < deadline:
+            time.sleep(3)
+    return found
