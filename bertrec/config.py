@@ -178,6 +178,20 @@ class PromotionParams(_Section):
         return self
 
 
+class DriftParams(_Section):
+    """Thresholds of the drift checks (bertrec.drift)."""
+
+    drift_share: float = Field(0.5, gt=0.0, le=1.0)
+    stattest: str | None = None
+    stattest_threshold: float | None = Field(None, gt=0.0)
+    embedding_method: Literal["model", "mmd", "distance", "ratio"] = "model"
+    embedding_threshold: float | None = Field(None, gt=0.0)
+    prediction_threshold: float | None = Field(None, gt=0.0)
+    sample_users: int = Field(500, gt=0)
+    seed: int = 2026
+    recsys_tolerance: float = Field(1e-6, ge=0.0)
+
+
 class Params(_Section):
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
@@ -189,6 +203,7 @@ class Params(_Section):
     index: IndexParams = IndexParams()
     mlflow: MlflowParams = MlflowParams()
     promotion: PromotionParams = PromotionParams()
+    drift: DriftParams = DriftParams()
 
     def flat(self) -> dict[str, Any]:
         """The resolved params as ``{"section.key": value}`` (for logging and tracking)."""

@@ -23,13 +23,13 @@ from bertrec.bundle import MODEL
 from bertrec.config import Params
 from bertrec.data import MANIFEST_FILE, load_dataset
 from bertrec.evaluate import reference_of, train_set
+from bertrec.io import write_json
 from bertrec.plots import ndcg_against_k, popularity_against_catalogue, training_curve
 from bertrec.recommend import Recommender
 from bertrec.registry import (
-    Checkpoint, Registration, alias_version, baseline_scores, bundle_fingerprint, decision_record, find_bundle,
-    gate_and_switch, gate_scores, log_bundle, register_version, version_tags, CHAMPION,
+    CHAMPION, Checkpoint, Registration, alias_version, baseline_scores, bundle_fingerprint, decision_record,
+    find_bundle, gate_and_switch, gate_scores, log_bundle, register_version, version_tags,
 )  # fmt: skip
-from bertrec.io import write_json
 from bertrec.results import EVALUATE_FILE, REGISTER_FILE, current_baselines, data_hash
 from bertrec.tracking import connect, curve_entries, lineage_tags, log_batch, metric_entries, mlflow_name, topk_lists
 

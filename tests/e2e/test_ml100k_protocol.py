@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from bertrec.cli import app
 from bertrec.metrics import head_items
+from bertrec.results import BASELINES_TOPK
 from conftest import paths_under
 
 # PROTOCOL.md: popularity on ml-100k `loo` test, computed exactly as the protocol says.
@@ -78,7 +79,7 @@ def test_every_split_and_ranking_mode_is_evaluated(pipeline):
 def test_saved_topk_lists_reproduce_the_metrics(pipeline):
     # Any reported number must be computable from the saved top-K lists
     root, _ = pipeline
-    lists = pd.read_parquet(root / "outputs" / "topk" / "loo" / "itemknn.test.parquet")
+    lists = pd.read_parquet(root / "outputs" / BASELINES_TOPK / "loo" / "itemknn.test.parquet")
     test = pd.read_parquet(root / "splits" / "loo" / "test.parquet").set_index("user_idx")["item_idx"]
     hits = [test[u] in row[:10] for u, row in zip(lists["user_idx"], lists["item_idx"])]
     report = json.loads((root / "metrics" / "baselines.json").read_text())
