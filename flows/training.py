@@ -23,13 +23,13 @@ from prefect.deployments import run_deployment
 
 from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, apply_overrides, load_params, override_sets
 from bertrec.report import registration_summary
+from bertrec.results import REGISTER_FILE
 from tasks.stages import (
     LOCK_FILE, StageRun, is_current, outputs_of, pull, push, stage_task, stages, upstream_outputs,
 )  # fmt: skip
 
 TRAIN_STAGE = "train"
 LOCK_ARTIFACT = "train-stage-dvc-lock"
-REGISTER_FILE = "register.json"
 
 
 def _run_tags(overrides: list[str]) -> dict[str, str]:
@@ -67,7 +67,7 @@ def training_pipeline(overrides: ParamsOverrides | None = None, gpu_deployment: 
         runs.append(stage_task(stage)(project, stage, env))
     p = load_params(project / DEFAULT_PARAMS)
     result = json.loads((project / p.paths.metrics / REGISTER_FILE).read_text())
-    ran = [r.stage for r in runs if getattr(r, "ran", True)]
+    ran = [r.stage for r in runs if r.ran]
     create_markdown_artifact(registration_summary(result, ran, sets), key="training-summary",
                              description="Metrics against champion and baselines, and the promotion decision")  # fmt: skip
     if result.get("run_url"):
