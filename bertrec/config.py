@@ -8,6 +8,7 @@ Every step of the pipeline (the CLI, DVC stages, Prefect flows) reads its config
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +70,13 @@ class DataParams(_Section):
     item_fields: dict[str, str] = Field(default_factory=dict)
     list_fields: tuple[str, ...] = ("genres", "tags")
     list_sep: str = "|"
+    window: datetime | None = None  # keep interactions up to this time (UTC when no zone is given)
+
+    def window_end(self) -> float | None:
+        """``window`` as epoch seconds (a time without a zone is UTC), or None."""
+        if self.window is None:
+            return None
+        return (self.window if self.window.tzinfo else self.window.replace(tzinfo=timezone.utc)).timestamp()
 
 
 class SplitParams(_Section):

@@ -54,6 +54,7 @@ class Cleaned:
     dataset: Dataset
     dropped: dict[str, int]
     raw_rows: int
+    after_window: int = 0  # rows later than data.window: selected out, not dropped
 
 
 def clean(loaded: Loaded, params: DataParams) -> Cleaned:
@@ -67,6 +68,11 @@ def clean(loaded: Loaded, params: DataParams) -> Cleaned:
     raw_rows = len(inter)
     dropped: dict[str, int] = {}
     keep = np.ones(raw_rows, dtype=bool)
+    end = params.window_end()
+    after_window = int((inter["timestamp"].to_numpy() > end).sum()) if end is not None else 0
+    if after_window:
+        keep &= inter["timestamp"].to_numpy() <= end
+    in_window = raw_rows - after_window
 
     if params.min_rating is not None:
         if "rating" not in inter:
@@ -95,17 +101,18 @@ def clean(loaded: Loaded, params: DataParams) -> Cleaned:
         dropped["duplicate"] = int(later.sum())
         order = order[~later]
 
-    total_dropped = raw_rows - len(order)
+    total_dropped = in_window - len(order)
     if len(order) == 0:
-        raise DataError(f"{table.path}: no interactions left after cleaning (dropped: {dropped})")
-    if total_dropped > params.max_drop_fraction * raw_rows:
+        window = f", {after_window} after data.window={params.window}" if after_window else ""
+        raise DataError(f"{table.path}: no interactions left after cleaning (dropped: {dropped}{window})")
+    if total_dropped > params.max_drop_fraction * in_window:
         raise DataError(
-            f"{table.path}: cleaning would drop {total_dropped} of {raw_rows} rows ({dropped}), more than "
+            f"{table.path}: cleaning would drop {total_dropped} of {in_window} rows ({dropped}), more than "
             f"data.max_drop_fraction={params.max_drop_fraction}"
         )
     kept = inter.iloc[order].reset_index(drop=True)
     kept.insert(0, "source_row", order)
-    return Cleaned(_index(kept, loaded, params), dropped, raw_rows)
+    return Cleaned(_index(kept, loaded, params), dropped, raw_rows, after_window)
 
 
 def _index(kept: pd.DataFrame, loaded: Loaded, params: DataParams) -> Dataset:
@@ -143,7 +150,8 @@ def prepare(params: Params) -> dict[str, Any]:
         "route": source.route,
         "detail": source.detail,
         "inputs": {_display(p): sha256_file(p) for p in source.loaded.files},
-        "rows": {"raw": cleaned.raw_rows, "kept": len(data.interactions)},
+        "rows": {"raw": cleaned.raw_rows, "after_window": cleaned.after_window, "kept": len(data.interactions)},
+        "window": params.data.window.isoformat() if params.data.window else None,
         "dropped": cleaned.dropped,
         "n_users": data.n_users,
         "n_items": data.n_items,

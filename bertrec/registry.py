@@ -273,7 +273,8 @@ def versions(p: Params) -> list[VersionRow]:
 def version_tags(scores: dict[str, float], p: Params, data_sha256: str, run_id: str, fingerprint: str) -> dict[str, str]:
     """What a version carries as tags: its gate metrics, data hash, run id, bundle fingerprint."""
     tags = {mlflow_name(k): f"{v:.6g}" for k, v in scores.items() if k in (p.promotion.metric, *p.promotion.guardrails)}
-    return tags | {"data.sha256": data_sha256, "run_id": run_id, BUNDLE_TAG: fingerprint}
+    window = p.data.window.isoformat() if p.data.window else "all"  # the data "as of" which it was trained
+    return tags | {"data.sha256": data_sha256, "data.window": window, "run_id": run_id, BUNDLE_TAG: fingerprint}
 
 
 def decision_record(decision: Decision, version: str, champion: str | None) -> str:

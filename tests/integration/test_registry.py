@@ -125,6 +125,7 @@ def test_run_is_tracked_with_params_metrics_curves_plots_and_lineage(project):
     assert "topk/evaluate/loo/bertrec.test.parquet" in files
     version = client.get_model_version("tracked", result.version)
     assert version.tags["run_id"] == result.run_id and version.tags["data.sha256"] == tags["data.sha256"]
+    assert version.tags["data.window"] == "all"
 
 
 def test_pyfunc_champion_predicts_like_the_recommender(project):

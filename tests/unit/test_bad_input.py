@@ -88,7 +88,7 @@ def test_unknown_item_dropped_and_counted_by_policy(table_project, tmp_path):
     manifest = run("data.unknown_items=drop", "data.max_drop_fraction=0.5")
     # Then the row is gone and counted
     assert manifest["dropped"] == {"unknown_item": 1}
-    assert manifest["rows"] == {"raw": 5, "kept": 4}
+    assert manifest["rows"] == {"raw": 5, "after_window": 0, "kept": 4}
 
 
 def test_drop_above_threshold_fails(table_project):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bertrec.data import load_dataset, prepare
+from bertrec.tables import DataError
 from builders import write_ml100k, write_ml1m, write_ml_latest, write_recbole
 
 
@@ -27,7 +28,22 @@ def test_ml100k_raw_layout(make_params, tmp_path):
     ]
     assert data.interactions["item_id"].tolist() == ["1", "2", "1", "3"]  # user 1 by time; user 2 tie keeps file order
     assert manifest["route"] == "local" and manifest["format"] == "movielens-100k"
-    assert manifest["rows"] == {"raw": 4, "kept": 4}
+    assert manifest["rows"] == {"raw": 4, "after_window": 0, "kept": 4}
+
+
+def test_window_keeps_interactions_up_to_the_cut_off(make_params, tmp_path):
+    # Given the ml-100k files, whose interactions happen at epoch seconds 50, 70, 70 and 100
+    folder = write_ml100k(tmp_path / "ml-100k")
+    # When the data is prepared as of second 70 (a time without a zone is UTC)
+    manifest = prepare(make_params(f"data.path={folder}", "data.window=1970-01-01T00:01:10"))
+    # Then the later interaction is selected out, counted apart from drops, and the window recorded
+    data = load_dataset(tmp_path / "prepared")
+    assert data.interactions["timestamp"].max() == 70 and len(data.interactions) == 3
+    assert manifest["rows"] == {"raw": 4, "after_window": 1, "kept": 3} and manifest["dropped"] == {}
+    assert manifest["window"] == "1970-01-01T00:01:10"
+    # And a window before every interaction is an error that names it
+    with pytest.raises(DataError, match="4 after data.window=1970-01-01 00:00:10"):
+        prepare(make_params(f"data.path={folder}", "data.window=1970-01-01T00:00:10"))
 
 
 def test_ml1m_dat_layout(make_params, tmp_path):
