@@ -148,7 +148,7 @@ def lock_for(p: Params) -> FileLock:
 
 def log_bundle(p: Params, example_history: list[str]) -> str:
     """Log the bundle as a pyfunc model in the active run; returns its model URI."""
-    from bertrec.serving import BUNDLE_ARTIFACT, SIGNATURE, BundleModel, input_example, pip_requirements
+    from bertrec.serving import BUNDLE_ARTIFACT, DEFAULT_K, SIGNATURE, BundleModel, input_example, pip_requirements
 
     with tempfile.TemporaryDirectory(prefix="bertrec-bundle-") as tmp:
         staged = Path(tmp) / BUNDLE_ARTIFACT
@@ -156,7 +156,7 @@ def log_bundle(p: Params, example_history: list[str]) -> str:
             shutil.copytree(Path(p.paths.bundle) / part, staged / part)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=BundleModel(), artifacts={BUNDLE_ARTIFACT: str(staged)},
-            signature=SIGNATURE, input_example=(input_example(example_history), {"k": 10}),
+            signature=SIGNATURE, input_example=(input_example(example_history), {"k": DEFAULT_K}),
             pip_requirements=pip_requirements(), code_paths=[str(Path(bertrec.__file__).parent)],
         )  # fmt: skip
     return info.model_uri

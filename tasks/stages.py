@@ -33,9 +33,13 @@ class StageRun:
     seconds: float
 
 
+def declared(project: Path) -> dict:
+    """The ``stages`` mapping of dvc.yaml, in the order the file lists them (a topological order)."""
+    return yaml.safe_load((Path(project) / DVC_FILE).read_text())["stages"]
+
+
 def stages(project: Path) -> list[str]:
-    """The stage names of dvc.yaml, in the order the file lists them (a topological order)."""
-    return list(yaml.safe_load((Path(project) / DVC_FILE).read_text())["stages"])
+    return list(declared(project))
 
 
 def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
@@ -100,15 +104,18 @@ def is_current(project: Path, stage: str) -> bool:
 
 def upstream_outputs(project: Path, stage: str) -> list[str]:
     """The deps of ``stage`` that other stages produce (what a separate worker must pull before running it)."""
-    declared = yaml.safe_load((Path(project) / DVC_FILE).read_text())["stages"]
-    produced = {path for name in declared if name != stage for path in outputs_of(project, name)}
-    return [d for d in declared[stage].get("deps", []) if d in produced]
+    all_stages = declared(project)
+    produced = {path for name, spec in all_stages.items() if name != stage for path in _cached_outputs(spec)}
+    return [d for d in all_stages[stage].get("deps", []) if d in produced]
 
 
 def outputs_of(project: Path, stage: str) -> list[str]:
     """The cached outputs of ``stage`` (those a DVC remote carries)."""
-    declared = yaml.safe_load((Path(project) / DVC_FILE).read_text())["stages"][stage]
-    entries = declared.get("outs", []) + declared.get("metrics", []) + declared.get("plots", [])
+    return _cached_outputs(declared(project)[stage])
+
+
+def _cached_outputs(spec: dict) -> list[str]:
+    entries = spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", [])
     return [_path(o) for o in entries if isinstance(o, str) or next(iter(o.values())).get("cache", True)]
 
 
