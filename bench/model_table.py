@@ -29,6 +29,7 @@ from bertrec.data import load_dataset
 from bertrec.evaluate import evaluate_split
 from bertrec.split import read_split
 from bertrec.train import train
+from bertrec.twotower import TowerScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -52,7 +53,8 @@ RUNS = [
 ]
 
 
-def run_one(split_name: str, overrides: list[str], seed: int) -> dict:
+def fit(split_name: str, overrides: list[str], seed: int) -> tuple[dict, TowerScorer]:
+    """Train one model on params.yaml plus ``overrides``; its record (timings, test metrics) and scorer."""
     params = load_params(ROOT / "params.yaml", [*overrides, f"train.split={split_name}", f"train.seed={seed}"])
     data = load_dataset(ROOT / params.paths.prepared)
     split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
@@ -61,11 +63,16 @@ def run_one(split_name: str, overrides: list[str], seed: int) -> dict:
         result = train(params, split, data.items, Path(work))
     seconds = time.perf_counter() - began
     metrics = evaluate_split([result.scorer], split, data.items, params.eval.ks, params.eval.batch_size)["bertrec"]
-    return {
+    record = {
         "split": split_name, "overrides": overrides, "seed": seed, "train_seconds": seconds,
         "epochs": len(result.epochs), "best_epoch": result.best_epoch, "metrics": metrics,
         "seconds_per_epoch": statistics.mean(e.seconds for e in result.epochs),
     }  # fmt: skip
+    return record, result.scorer
+
+
+def run_one(split_name: str, overrides: list[str], seed: int) -> dict:
+    return fit(split_name, overrides, seed)[0]
 
 
 def mean_metrics(runs: list[dict], target: str) -> dict[str, float]:
