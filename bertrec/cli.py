@@ -314,6 +314,69 @@ def register(
     typer.echo(f"champion: {f'{name} version {result.champion}' if result.champion else 'none'}")
 
 
+@app.command()
+def drift(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit with status 3 when drift is found.")] = False,
+) -> None:
+    """Check the newest data against the champion's: interactions, new items' embeddings, predictions.
+
+    Reference: the last stretch of the data the champion was trained on; current: every interaction
+    since, up to data.window. Writes outputs/drift/ (an Evidently HTML report per check, verdict.json)
+    and metrics/drift.json, and logs them to an MLflow run. Thresholds: the `drift` section of params.
+    """
+    from bertrec.monitor import check_drift, verdict_table
+
+    p = _params(params, set_)
+    try:
+        outcome = check_drift(p, json.loads(os.environ.get(RUN_TAGS_ENV, "{}")))
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    typer.echo(verdict_table(outcome.payload))
+    typer.echo(f"-> {outcome.verdict_path} (MLflow run {outcome.run_id})")
+    if fail_on_drift and outcome.drift:
+        raise typer.Exit(3)
+
+
+@app.command()
+def replay(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    start: Annotated[str, typer.Option("--start", help="data.window of the first step (ISO time, UTC unless zoned).")] = "1998-01-01T00:00:00",
+    every: Annotated[float, typer.Option("--every", help="Days between steps.")] = 7.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="At most this many steps (default: until the log ends).")] = None,
+    retrain_every: Annotated[int, typer.Option("--retrain-every", help="Retrain after this many steps without drift.")] = 4,
+    workdir: Annotated[Path, typer.Option("--workdir", help="The replay's own git + DVC + MLflow workspace (must not exist).")] = Path("outputs/replay"),
+) -> None:
+    """Replay the log's timeline: each step adds the next window of data, checks drift, retrains on drift or schedule.
+
+    Runs the DVC stages in a workspace of its own (a git commit per step, a SQLite MLflow registry
+    inside it); prints a row per step and writes replay.json and replay.md there.
+    """
+    from datetime import datetime, timedelta
+
+    from bertrec.replay import ReplayError, markdown
+    from bertrec.replay import replay as run_replay
+
+    _params(params, set_)  # validate before building anything
+    try:
+        first = datetime.fromisoformat(start)
+    except ValueError:
+        raise _fail(ValueError(f"--start {start!r} is not an ISO time such as 1998-01-01T00:00:00")) from None
+    shown = []
+
+    def show(row) -> None:
+        shown.append(row)
+        typer.echo(markdown(shown).splitlines()[-1] if len(shown) > 1 else markdown(shown).rstrip())
+
+    try:
+        rows = run_replay(Path.cwd(), workdir, params, set_ or [], first, timedelta(days=every), steps, retrain_every, show)
+    except ReplayError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"\n{len(rows)} steps -> {workdir / 'replay.md'}")
+
+
 registry_app = typer.Typer(help="The model registry: versions, aliases, rollback.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 

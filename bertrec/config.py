@@ -8,7 +8,7 @@ Every step of the pipeline (the CLI, DVC stages, Prefect flows) reads its config
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,6 +198,9 @@ class DriftParams(_Section):
     sample_users: int = Field(500, gt=0)
     seed: int = 2026
     recsys_tolerance: float = Field(1e-6, ge=0.0)
+    min_rows: int = Field(200, gt=0)
+    min_new_items: int = Field(20, ge=2)
+    training_deployment: str = "training-pipeline/weekly"
 
 
 class Params(_Section):
@@ -235,6 +238,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _refuse_bare_times(tree: dict[str, Any], path: Path, prefix: str = "") -> None:
+    """DVC reads params.yaml too and fails on YAML timestamps (``window: 1998-01-01T00:00:00``): ask for quotes."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _refuse_bare_times(value, path, f"{prefix}{key}.")
+        elif isinstance(value, (date, datetime)):
+            raise ConfigError(f"{path}: {prefix}{key}: {value.isoformat()} must be quoted, e.g. "
+                              f"'{value.isoformat()}' (DVC cannot read unquoted YAML times)")  # fmt: skip
 
 
 def _merge(tree: dict[str, Any], keys: list[str], value: Any, origin: str) -> None:
@@ -289,6 +302,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}
+        _refuse_bare_times(tree, path)
     for text in overrides:
         keys, value = parse_override(text)
         _merge(tree, keys, value, f"--set {text}")
@@ -336,6 +350,7 @@ def apply_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> Params:
     from io import StringIO
 
     from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
     from bertrec.io import atomic_file
 
@@ -347,6 +362,8 @@ def apply_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> Params:
     tree = tree if tree is not None else {}
     for text in sets:
         keys, value = parse_override(text)
+        if isinstance(value, (date, datetime)):  # quoted: DVC cannot read YAML timestamps
+            value = DoubleQuotedScalarString(value.isoformat())
         node = tree
         for key in keys[:-1]:
             node = node.setdefault(key, {})

@@ -24,7 +24,7 @@ from bertrec.formats import Loaded
 from bertrec.io import atomic_dir, sha256_file, write_json, write_parquet
 from bertrec.sources import load_source
 from bertrec.tables import DataError, id_order
-from bertrec.text import render_texts
+from bertrec.text import normalise_lists, render_texts
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def _index(kept: pd.DataFrame, loaded: Loaded, params: DataParams) -> Dataset:
         text = render_texts(items, params.text_template, params.list_fields, loaded.list_sep)
     except ValueError as exc:
         raise DataError(f"{loaded.item_table.path}: {exc}") from None
+    items = normalise_lists(items, params.list_fields, loaded.list_sep)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int32))
     items.insert(2, "text", text)
 

@@ -51,8 +51,14 @@ class DriftCheck:
     run: Any = field(default=None, compare=False, repr=False)  # Evidently's Snapshot, for the HTML
 
     def summary(self) -> dict[str, Any]:
-        """What verdict.json holds for this check (everything but the Evidently run)."""
-        return _plain({"drift": self.drift, "score": self.score, "threshold": self.threshold, "details": self.details})
+        """What verdict.json holds for this check (everything but the Evidently run); a NaN score is null."""
+        score = None if np.isnan(self.score) else self.score
+        return _plain({"drift": self.drift, "score": score, "threshold": self.threshold, "details": self.details})
+
+    @classmethod
+    def skipped(cls, name: str, threshold: float, reason: str) -> DriftCheck:
+        """A check that could not be run on these windows (too few new items, ...): no drift, no score."""
+        return cls(name, False, float("nan"), threshold, {"skipped": reason})
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ def check_embeddings(catalogue: np.ndarray, new: np.ndarray, params: DriftParams
     _check_vectors(catalogue, new)
     columns = [f"dim_{i}" for i in range(catalogue.shape[1])]
     definition = DataDefinition(numerical_columns=columns, embeddings={EMBEDDING_NAME: columns})
-    method = _embedding_method(params)
+    method = embedding_method(params)
     run = Report([EmbeddingsDrift(embeddings_name=EMBEDDING_NAME, drift_method=method)]).run(
         Dataset.from_pandas(pd.DataFrame(new, columns=columns), data_definition=definition),
         Dataset.from_pandas(pd.DataFrame(catalogue, columns=columns), data_definition=definition),
@@ -227,10 +233,13 @@ def check_predictions(reference: pd.DataFrame, current: pd.DataFrame, params: Dr
 # --- verdict -------------------------------------------------------------------------------------
 
 
-def write_verdict(verdict: Verdict, folder: Path) -> Path:
+def write_verdict(verdict: Verdict, folder: Path, context: dict[str, Any] | None = None,
+                  reports: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Write ``<check>.html`` (Evidently's report) per check and ``verdict.json``; return the JSON's path.
 
-    ``folder`` is replaced atomically. A check without an Evidently run gets no HTML.
+    ``folder`` is replaced atomically. A check without an Evidently run gets no HTML. ``context``
+    (windows, model, ...) is added to the JSON's top level; ``reports`` are further Evidently runs,
+    written as ``<name>.html``.
 
     Raises:
         ValueError: two checks share a name.
@@ -238,11 +247,12 @@ def write_verdict(verdict: Verdict, folder: Path) -> Path:
     names = [check.name for check in verdict.checks]
     if len(set(names)) != len(names):
         raise ValueError(f"check names must be unique; got {names}")
-    payload = {"drift": verdict.drift, "checks": {check.name: check.summary() for check in verdict.checks}}
+    payload = _plain(context or {}) | {"drift": verdict.drift,
+                                        "checks": {check.name: check.summary() for check in verdict.checks}}
+    runs = {check.name: check.run for check in verdict.checks if check.run is not None} | (reports or {})
     with atomic_dir(Path(folder)) as tmp:
-        for check in verdict.checks:
-            if check.run is not None:
-                check.run.save_html(str(tmp / f"{check.name}.html"))  # Evidently writes only to a str path
+        for name, run in runs.items():
+            run.save_html(str(tmp / f"{name}.html"))  # Evidently writes only to a str path
         (tmp / VERDICT_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(folder) / VERDICT_FILE
 
@@ -292,7 +302,8 @@ def _column_drift(
     return run, share, out
 
 
-def _embedding_method(params: DriftParams) -> Any:
+def embedding_method(params: DriftParams) -> Any:
+    """Evidently's embedding drift method of params, with its threshold (``.threshold``)."""
     from evidently.metrics.embeddings import DistanceDriftMethod, MMDDriftMethod, ModelDriftMethod, RatioDriftMethod
 
     kinds = {"model": ModelDriftMethod, "mmd": MMDDriftMethod, "distance": DistanceDriftMethod,

@@ -36,11 +36,22 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+# Defined the same way on both sides (module docstring): any difference beyond rounding is a bug.
+SAME_DEFINITION = ("NDCG", "Hit")
+
 
 def evidently_recsys(
     topk_ids: np.ndarray, positives: sp.csr_matrix, train_interactions: pd.DataFrame, k: int
 ) -> dict[str, float]:
-    """Evidently's NDCG, HitRate, popularity bias (ARP, coverage, Gini), Novelty and Personalization at ``k``.
+    """Evidently's recsys metrics at ``k`` (see :func:`recsys_report`), without the report."""
+    return recsys_report(topk_ids, positives, train_interactions, k)[0]
+
+
+def recsys_report(
+    topk_ids: np.ndarray, positives: sp.csr_matrix, train_interactions: pd.DataFrame, k: int
+) -> tuple[dict[str, float], Any]:
+    """Evidently's NDCG, HitRate, popularity bias (ARP, coverage, Gini), Novelty and Personalization at
+    ``k``, and Evidently's run (for its HTML).
 
     Named like ours (``"NDCG@10"``, ``"Hit@10"``, ``"ARP@10"``, ``"Coverage@10"``, ``"Gini@10"``,
     ``"Novelty@10"``, ``"Personalization@10"``); the module docstring says how each differs from ours.
@@ -78,7 +89,7 @@ def evidently_recsys(
         if not result["config"]["type"].endswith(type(metric).__name__):
             raise RuntimeError(f"Evidently returned {result['config']['type']} where {name} was expected")
         out[f"{name}@{k}"] = _value_at(result["value"], k)
-    return out
+    return out, run
 
 
 def compare_recsys(ours: dict[str, float], theirs: dict[str, float], tolerance: float) -> list[str]:

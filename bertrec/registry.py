@@ -38,6 +38,7 @@ from bertrec.tracking import mlflow_name
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 BUNDLE_TAG = "bundle.sha256"
+DATA_END_TAG = "data.end"  # epoch seconds of the newest interaction a version was trained on
 GATE_ATTEMPTS = 3
 # Files whose content is the model; run records with timings (training.json, ...) are left out.
 FINGERPRINT_SKIP = {"training.json", "embeddings.json", "index.json"}
@@ -270,11 +271,17 @@ def versions(p: Params) -> list[VersionRow]:
     return sorted(rows, key=lambda r: -int(r.version))
 
 
-def version_tags(scores: dict[str, float], p: Params, data_sha256: str, run_id: str, fingerprint: str) -> dict[str, str]:
-    """What a version carries as tags: its gate metrics, data hash, run id, bundle fingerprint."""
+def version_tags(scores: dict[str, float], p: Params, data_sha256: str, data_end: float, run_id: str,
+                 fingerprint: str) -> dict[str, str]:  # fmt: skip
+    """What a version carries as tags: its gate metrics, data hash and window, run id, bundle fingerprint.
+
+    ``data.end`` (epoch seconds of the newest interaction it was trained on) is where the drift
+    check's current window starts.
+    """
     tags = {mlflow_name(k): f"{v:.6g}" for k, v in scores.items() if k in (p.promotion.metric, *p.promotion.guardrails)}
     window = p.data.window.isoformat() if p.data.window else "all"  # the data "as of" which it was trained
-    return tags | {"data.sha256": data_sha256, "data.window": window, "run_id": run_id, BUNDLE_TAG: fingerprint}
+    return tags | {"data.sha256": data_sha256, "data.window": window, DATA_END_TAG: f"{data_end:.0f}", "run_id": run_id,
+                   BUNDLE_TAG: fingerprint}  # fmt: skip
 
 
 def decision_record(decision: Decision, version: str, champion: str | None) -> str:

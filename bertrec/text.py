@@ -7,6 +7,7 @@ import string
 
 import pandas as pd
 
+LIST_SEP = "|"  # list fields of the prepared item table, whatever separator the source used
 _EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
 _SPACES = re.compile(r"\s{2,}")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])")
@@ -53,3 +54,16 @@ def render_texts(items: pd.DataFrame, template: str, list_fields: tuple[str, ...
     cleaned = cleaned.str.replace(_EMPTY_PARENS, "", regex=True)
     cleaned = cleaned.str.replace(_SPACE_BEFORE_PUNCT, r"\1", regex=True)
     return cleaned.str.replace(_SPACES, " ", regex=True).str.strip()
+
+
+def normalise_lists(items: pd.DataFrame, list_fields: tuple[str, ...], list_sep: str) -> pd.DataFrame:
+    """``items`` with each list field present rewritten ``LIST_SEP``-separated, parts stripped, empties dropped.
+
+    Sources separate lists differently (RecBole's ``token_seq`` by spaces, MovieLens by "|"); the
+    prepared table always uses ``LIST_SEP``, so readers such as the drift checks need not know the source.
+    """
+    out = items.copy()
+    for name in (f for f in list_fields if f in out.columns):
+        values = out[name].fillna("").astype(str).str.split(list_sep, regex=False)
+        out[name] = values.map(lambda xs: LIST_SEP.join(x.strip() for x in xs if x.strip()))
+    return out

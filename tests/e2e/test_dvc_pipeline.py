@@ -14,7 +14,10 @@ pytestmark = pytest.mark.integration
 
 
 def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
+    """The training stages that ran, in order; the drift check (always run, ordered by DVC alone) is checked apart."""
+    ran = re.findall(r"Running stage '([\w-]+)'", output)
+    assert ran.count("drift") == 1, ran
+    return [stage for stage in ran if stage != "drift"]
 
 
 def test_repro_runs_all_then_nothing_then_what_a_param_touches(tmp_path, tiny_encoder, mlflow_uri):
@@ -27,6 +30,9 @@ def test_repro_runs_all_then_nothing_then_what_a_param_touches(tmp_path, tiny_en
     assert record["registered"] and record["version"] == "1"
     assert (root / "data" / "raw" / "local" / "log" / "log.csv").exists()  # the raw snapshot DVC versions
     assert "lr: 0.005" in (root / "dvc.lock").read_text()  # the params each stage ran with
+    # the drift check ran too: against no champion, or one trained on every row there is (nothing new)
+    verdict = json.loads((root / "outputs" / "drift" / "verdict.json").read_text())
+    assert verdict["status"] in ("no-champion", "too-few-rows") and verdict["drift"] is False
     # When it runs again with nothing changed, only the fetch check runs and every other stage is skipped
     second = dvc(root, "repro")
     assert stages_run(second) == ["fetch"]

@@ -59,7 +59,9 @@ def test_gpu_job_template_requests_one_gpu():
 def test_prefect_yaml_deploys_every_flow_with_schedule_pools_and_limit():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"weekly", "gpu", "manual", "rollback"}
+    assert set(deployments) == {"weekly", "daily", "gpu", "manual", "rollback"}
+    daily = deployments["daily"]
+    assert daily["entrypoint"] == "flows/monitoring.py:drift_monitor" and daily["schedules"][0]["cron"] == "0 6 * * *"
     weekly = deployments["weekly"]
     assert weekly["entrypoint"] == "flows/training.py:training_pipeline"
     assert weekly["schedules"][0]["cron"] == "0 3 * * 1" and weekly["concurrency_limit"]["limit"] == 1
@@ -71,7 +73,8 @@ def test_prefect_yaml_deploys_every_flow_with_schedule_pools_and_limit():
 
 def test_dvc_yaml_stages_run_bertrec_steps_in_order():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["fetch", "prepare", "split", "baselines", "train", "embed", "index", "evaluate", "register"]
+    assert list(stages) == ["fetch", "prepare", "split", "baselines", "train", "embed", "index", "evaluate", "register",
+                            "drift"]  # fmt: skip
     from typer.main import get_command
 
     from bertrec.cli import app

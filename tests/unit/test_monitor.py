@@ -1,0 +1,102 @@
+"""The pure parts of `bertrec drift` (bertrec.monitor) and `bertrec replay` (bertrec.replay)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bertrec.config import ConfigError, apply_overrides, load_params
+from bertrec.monitor import champion_end, summary_metrics, verdict_table, windows_of
+from bertrec.replay import Step, markdown
+from bertrec.text import normalise_lists
+
+
+def log(stamps: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"user_idx": range(len(stamps)), "item_idx": range(len(stamps)), "timestamp": stamps})
+
+
+def test_windows_split_at_the_champion_end_with_a_reference_as_long_as_the_current_window():
+    windows = windows_of(log([0, 10, 40, 55, 60, 70, 90, 100]), reference_end=60)
+    assert windows.current["timestamp"].tolist() == [70, 90, 100]
+    assert windows.before["timestamp"].tolist() == [0, 10, 40, 55, 60]
+    # current spans (60, 100]: the reference is (20, 60]
+    assert windows.reference["timestamp"].tolist() == [40, 55, 60]
+    assert (windows.reference_start, windows.current_end) == (20, 100)
+    assert windows.describe()["current"]["rows"] == 3
+
+
+def test_windows_without_newer_rows_are_empty():
+    windows = windows_of(log([0, 10, 20]), reference_end=20)
+    assert windows.current.empty and windows.reference.empty and len(windows.before) == 3
+
+
+def test_champion_end_reads_data_end_then_the_window_and_refuses_neither():
+    assert champion_end({"data.end": "884000000", "data.window": "all"}, "3") == 884_000_000
+    assert champion_end({"data.window": "1970-01-02T00:00:00"}, "2") == 86_400
+    with pytest.raises(ValueError, match="champion version 1 has neither a data.end tag nor a data.window"):
+        champion_end({"data.window": "all"}, "1")
+
+
+PAYLOAD = {
+    "status": "checked", "drift": True, "data_window": "1998-02-01T00:00:00",
+    "champion": {"version": "4", "data_end": "1998-01-25T00:00:00+00:00"},
+    "windows": {"reference": {"start": "a", "end": "b", "rows": 900}, "current": {"start": "b", "end": "c", "rows": 1000}},
+    "checks": {
+        "embeddings": {"drift": False, "score": None, "threshold": 0.55, "details": {"skipped": "3 new items"}},
+        "interactions": {"drift": True, "score": 0.6, "threshold": 0.5,
+                         "details": {"columns": {"hour": {"drifted": True}, "rating": {"drifted": False}}}},
+    },
+    "quality": {"users": 80, "ours": {"NDCG@10": 0.12, "Hit@10": 0.3}, "evidently": {"NDCG@10": 0.12, "Hit@10": 0.3},
+                "disagreements": []},
+}  # fmt: skip
+
+
+def test_summary_metrics_are_flat_numbers_without_skipped_scores():
+    assert summary_metrics(PAYLOAD) == {
+        "drift": 1, "embeddings.drift": 0, "interactions.drift": 1, "interactions.score": 0.6,
+        "quality.NDCG@10": 0.12, "quality.evidently.NDCG@10": 0.12, "quality.Hit@10": 0.3,
+        "quality.evidently.Hit@10": 0.3, "current.rows": 1000,
+    }  # fmt: skip
+
+
+def test_verdict_table_names_drifted_columns_skips_and_agreement():
+    table = verdict_table(PAYLOAD)
+    assert table.startswith("**drift: yes** (checked)")
+    assert "| interactions | yes | 0.6 | 0.5 | drifted: hour |" in table
+    assert "| embeddings | no |  | 0.55 | 3 new items |" in table
+    assert "champion v4" in table and "NDCG@10 0.1200 (Evidently 0.1200)" in table and ": agree" in table
+    disagreeing = PAYLOAD | {"quality": PAYLOAD["quality"] | {"disagreements": ["NDCG@10"]}}
+    assert "DISAGREE on NDCG@10" in verdict_table(disagreeing)
+
+
+def test_replay_table_has_a_row_per_step():
+    rows = [
+        Step(0, "1998-01-01T00:00:00", 50_000, None, {}, None, None, None, "first", "1", True, "1", 0.1, 60.0),
+        Step(1, "1998-01-08T00:00:00", 54_000, 4000, {"interactions": True, "embeddings": None, "predictions": False},
+             True, 0.09, 0.09, "drift", "2", False, "1", 0.1, 70.0),
+        Step(2, "1998-01-15T00:00:00", 57_000, 7000, {"interactions": False, "embeddings": False, "predictions": False},
+             False, 0.08, 0.08, "", None, False, "1", 0.1, 20.0),
+    ]  # fmt: skip
+    lines = markdown(rows).splitlines()
+    assert len(lines) == 5
+    assert lines[2].startswith("| 0 | 1998-01-01 | 50000 |  | – | – | – | – |  | yes (first): v1 promoted | v1 | 0.1000 |")
+    assert lines[3] == "| 1 | 1998-01-08 | 54000 | 4000 | yes | – | no | yes | 0.0900 | yes (drift): v2 not promoted | v1 | 0.1000 |"
+    assert lines[4].endswith("| no | no | no | no | 0.0800 | no | v1 | 0.1000 |")
+
+
+def test_list_fields_are_prepared_with_one_separator():
+    items = pd.DataFrame({"item_id": ["1", "2", "3"], "genres": ["Animation Children's Comedy", "", None], "title": ["a b", "c", "d"]})
+    out = normalise_lists(items, ("genres", "tags"), " ")
+    assert out["genres"].tolist() == ["Animation|Children's|Comedy", "", ""]
+    assert out["title"].tolist() == ["a b", "c", "d"]  # not a list field
+
+
+def test_times_are_written_quoted_and_a_bare_time_in_params_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  window: null  # a comment\n")
+    apply_overrides(path, ["data.window=1998-01-01T00:00:00"])
+    assert "window: \"1998-01-01T00:00:00\" # a comment" in path.read_text()
+    assert load_params(path).data.window.year == 1998
+    path.write_text("data:\n  window: 1998-01-01T00:00:00\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: data.window: 1998-01-01T00:00:00 must be quoted"):
+        load_params(path)
