@@ -110,7 +110,8 @@ def up(config: StackConfig, workers: tuple[str, ...] = POOLS) -> list[str]:
         f"Prefect UI   http://127.0.0.1:{config.prefect_port}   (PREFECT_API_URL={config.prefect_api})",
         f"MLflow UI    {config.mlflow_url}   (backend {config.mlflow_backend})",
         f"workers      {', '.join(workers)} (logs in {config.state})",
-        "deployments  training-pipeline/weekly (Mondays 03:00 UTC), train-stage/gpu, promote/manual, rollback/rollback",
+        "deployments  training-pipeline/weekly (Mondays 03:00 UTC), drift-monitor/daily (06:00 UTC), train-stage/gpu, "
+        "promote/manual, rollback/rollback",
     ]
 
 

@@ -21,23 +21,16 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.deployments import run_deployment
 
-from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, apply_overrides, load_params, override_sets
+from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, load_params
 from bertrec.report import registration_summary
 from bertrec.results import REGISTER_FILE
+from flows.common import enter_project, run_tags
 from tasks.stages import (
     LOCK_FILE, StageRun, is_current, outputs_of, pull, push, stage_task, stages, upstream_outputs,
 )  # fmt: skip
 
 TRAIN_STAGE = "train"
 LOCK_ARTIFACT = "train-stage-dvc-lock"
-
-
-def _run_tags(overrides: list[str]) -> dict[str, str]:
-    """What the register stage adds to the MLflow run: the Prefect flow run and the overrides."""
-    return {
-        "prefect.flow_run_id": str(runtime.flow_run.id), "prefect.flow_run_name": str(runtime.flow_run.name),
-        "prefect.deployment": str(runtime.deployment.name or "none"), "prefect.overrides": "; ".join(overrides) or "none",
-    }  # fmt: skip
 
 
 @flow(name="training-pipeline", log_prints=True)
@@ -52,13 +45,8 @@ def training_pipeline(overrides: ParamsOverrides | None = None, gpu_deployment: 
         project_dir: the project checkout the stages run in.
     """
     logger = get_run_logger()
-    project = Path(project_dir).resolve()
-    os.chdir(project)  # params.yaml's paths are relative to the project
-    sets = override_sets(overrides)
-    if sets:
-        apply_overrides(project / DEFAULT_PARAMS, sets)
-        logger.info("params.yaml overrides: %s", ", ".join(sets))
-    env = {"BERTREC_RUN_TAGS": json.dumps(_run_tags(sets)), "BERTREC_RUN_NAME": str(runtime.flow_run.name)}
+    project, sets = enter_project(project_dir, overrides)
+    env = {"BERTREC_RUN_TAGS": json.dumps(run_tags(sets)), "BERTREC_RUN_NAME": str(runtime.flow_run.name)}
     runs = []
     for stage in stages(project):
         if stage == TRAIN_STAGE and gpu_deployment:

@@ -24,6 +24,7 @@ LOCK_FILE = "dvc.lock"
 RETRIES = {"fetch": 3}
 TIMEOUTS_S = {"train": 6 * 3600, "baselines": 3600, "evaluate": 3600, "register": 3600}
 DEFAULT_TIMEOUT_S = 1800
+MONITOR_STAGES = ("drift",)  # run by the drift_monitor flow, not by the training pipeline
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ def declared(project: Path) -> dict:
 
 
 def stages(project: Path) -> list[str]:
-    return list(declared(project))
+    """The training pipeline's stages in order: every stage of dvc.yaml but the monitoring ones."""
+    return [name for name in declared(project) if name not in MONITOR_STAGES]
 
 
 def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:

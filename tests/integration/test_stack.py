@@ -42,7 +42,7 @@ def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
         api = prefect_ui + "/api"
         listed = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=env | {"PREFECT_API_URL": api},
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
-        for name in ("training-pipeline/weekly", "train-stage/gpu", "promote/manual", "rollback/rollback"):
+        for name in ("training-pipeline/weekly", "drift-monitor/daily", "train-stage/gpu", "promote/manual", "rollback/rollback"):
             assert name in listed, listed
         pools = subprocess.run([str(BIN / "prefect"), "work-pool", "ls"], env=env | {"PREFECT_API_URL": api},
                                capture_output=True, text=True, check=True).stdout  # fmt: skip

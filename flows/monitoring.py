@@ -1,0 +1,70 @@
+"""The drift monitor as a Prefect flow: refresh the data, check it against the champion, retrain on drift.
+
+``drift_monitor`` runs the DVC stages ``fetch`` and ``prepare`` (the newest data, as of
+``data.window``), then ``drift`` (`bertrec drift`: Evidently's reports and a verdict, logged to an
+MLflow run). It publishes the verdict as a markdown artifact and a link to the reports, and when
+the verdict says drift it starts a run of the training deployment (``drift.training_deployment``)
+without waiting for it: the training pipeline has its own concurrency limit and gate.
+
+Run locally: ``python -m flows.monitoring`` (the training deployment must exist on the server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from prefect import flow, get_run_logger, runtime
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.deployments import run_deployment
+
+from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, load_params
+from bertrec.drift import VERDICT_FILE
+from bertrec.monitor import DRIFT_DIR, RUN_FILE, verdict_table
+from flows.common import enter_project, run_tags
+from tasks.stages import stage_task
+
+DATA_STAGES = ("fetch", "prepare")
+DRIFT_STAGE = "drift"
+
+
+@flow(name="drift-monitor", log_prints=True)
+def drift_monitor(overrides: ParamsOverrides | None = None, training_deployment: str | None = None,
+                  project_dir: str = ".") -> dict:  # fmt: skip
+    """Check the newest data against the champion's; on drift, start the training deployment.
+
+    Args:
+        overrides: values that replace those of params.yaml (and stay in it), e.g. ``data.window``.
+        training_deployment: the deployment to start on drift (default: ``drift.training_deployment``).
+        project_dir: the project checkout the stages run in.
+    """
+    logger = get_run_logger()
+    project, sets = enter_project(project_dir, overrides)
+    env = {"BERTREC_RUN_TAGS": json.dumps(run_tags(sets))}
+    for stage in (*DATA_STAGES, DRIFT_STAGE):
+        stage_task(stage)(project, stage, env)
+    p = load_params(project / DEFAULT_PARAMS)
+    folder = project / p.paths.outputs / DRIFT_DIR
+    payload = json.loads((folder / VERDICT_FILE).read_text())
+    mlflow_run = json.loads((folder / RUN_FILE).read_text())
+    started = None
+    if payload["drift"]:
+        deployment = training_deployment or p.drift.training_deployment
+        run = run_deployment(deployment, timeout=0, tags=["drift"], idempotency_key=f"drift-{runtime.flow_run.id}")
+        started = {"deployment": deployment, "flow_run_id": str(run.id), "flow_run_name": run.name}
+        logger.info("drift found: started %s as flow run %s", deployment, run.name)
+    else:
+        logger.info("no drift (%s): nothing started", payload["status"])
+    trigger = (f"\n\nstarted **{started['deployment']}**: flow run `{started['flow_run_name']}`" if started
+               else "\n\nno training started")  # fmt: skip
+    create_markdown_artifact(verdict_table(payload) + trigger, key="drift-verdict",
+                             description="Drift checks of the newest data against the champion")  # fmt: skip
+    report = mlflow_run.get("url") or folder.as_uri()
+    create_link_artifact(report, link_text=f"drift reports (MLflow run {mlflow_run['run_id']})", key="drift-report")
+    return {"drift": payload["drift"], "status": payload["status"], "mlflow_run_id": mlflow_run["run_id"],
+            "training": started}  # fmt: skip
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    drift_monitor()

@@ -1,0 +1,146 @@
+"""The drift-monitor deployment on a real `prefect server`: it starts the training deployment on drift only.
+
+A tiny project is trained on one week of a log (the champion); then the deployment of prefect.yaml,
+run by a real process worker, checks the next week: once drawn from the same distribution (no
+drift, no training run), once with every new interaction on one genre (drift in the interactions
+check, and a scheduled run of training-pipeline/weekly).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from builders import dvc, dvc_project
+from servers import prefect_env, prefect_server
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+WORDS = ["action", "comedy", "drama", "horror", "romance", "war", "space", "robot", "love", "ghost"]
+N_ITEMS, N_USERS, LENGTH = 60, 60, 20
+T0, WEEK = 1_700_000_000, 7 * 86_400
+MODEL = "drift-monitor-test"
+
+
+def iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+
+
+def walks(users: range, start: int, rng: np.random.Generator) -> list[tuple[str, str, int]]:
+    """Each user walks the catalogue in steps of +1 at random times within the week from ``start``."""
+    rows = []
+    for u in users:
+        first = int(rng.integers(N_ITEMS))
+        times = np.sort(rng.integers(start + 1, start + WEEK, LENGTH))
+        rows += [(str(u), str((first + t) % N_ITEMS), int(times[t])) for t in range(LENGTH)]
+    return rows
+
+
+def one_genre(users: range, start: int, rng: np.random.Generator, genre: str = "horror") -> list[tuple[str, str, int]]:
+    """Each user takes every item of one genre, at random times within the week from ``start``."""
+    items = [str(i) for i in range(N_ITEMS) if WORDS[i % 10] == genre]
+    return [(str(u), item, int(rng.integers(start + 1, start + WEEK))) for u in users for item in items]
+
+
+def write_logs(incoming: Path) -> None:
+    """The same first week in both logs; the second week: same behaviour (new users), or one genre (new users)."""
+    rng = np.random.default_rng(3)
+    first = walks(range(N_USERS), T0, rng)
+    new_users = range(1000, 1000 + N_USERS)
+    columns = ["user_id", "item_id", "timestamp"]
+    pd.DataFrame(first + walks(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "same.csv", index=False)
+    pd.DataFrame(first + one_genre(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "shifted.csv", index=False)
+    pd.DataFrame({
+        "item_id": [str(i) for i in range(N_ITEMS)],
+        "title": [f"{WORDS[i % 10]} {WORDS[(i // 10 + 3) % 10]}" for i in range(N_ITEMS)],
+        "genres": [WORDS[i % 10] for i in range(N_ITEMS)],
+    }).to_csv(incoming / "items.csv", index=False)  # fmt: skip
+
+
+def prefect(root: Path, env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    done = subprocess.run([str(BIN / "prefect"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def flow_runs(env: dict[str, str], deployment: str) -> list:
+    """Flow runs of ``deployment`` (its name, e.g. "weekly") other than those its schedule created."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read() -> list:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+            return [run for run in runs if not run.auto_scheduled]  # the server's scheduler adds future runs
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return asyncio.run(read())
+
+
+def monitor(root: Path, env: dict[str, str], log: str) -> dict:
+    """Run drift-monitor/daily on the second week of ``log`` through a real worker; returns verdict.json."""
+    overrides = {"data": {"path": f"incoming/{log}", "window": iso(T0 + 2 * WEEK)}}
+    prefect(root, env, "deployment", "run", "drift-monitor/daily", "--params", json.dumps({"overrides": overrides}))
+    prefect(root, env, "worker", "start", "--pool", "cpu", "--run-once")
+    return json.loads((root / "outputs" / "drift" / "verdict.json").read_text())
+
+
+def test_monitor_deployment_starts_training_on_drift_only(tmp_path, tiny_encoder, mlflow_uri):
+    root = dvc_project(tmp_path / "project", tiny_encoder, mlflow_uri, "baselines.models=[popular]",
+                       f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test",
+                       "data.path=incoming/same.csv", f"data.window={iso(T0 + WEEK)}", "drift.min_rows=50",
+                       "drift.sample_users=40", "train.epochs=10")  # fmt: skip
+    write_logs(root / "incoming")
+    # Given a champion trained on the first week
+    dvc(root, "repro", "register")
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert float(champion.tags["data.end"]) <= T0 + WEEK
+
+    with prefect_server(tmp_path) as api:
+        env = prefect_env(tmp_path, api) | {"BERTREC_PROJECT_DIR": str(root), "HF_HUB_OFFLINE": "1",
+                                            "PATH": f"{BIN}:/usr/bin:/bin"}  # fmt: skip
+        for pool in ("cpu", "gpu"):
+            prefect(root, env, "work-pool", "create", pool, "--type", "process")
+        prefect(root, env, "--no-prompt", "deploy", "--all")
+
+        # When the next week behaves like the first: no drift, and no training run
+        calm = monitor(root, env, "same.csv")
+        assert calm["status"] == "checked" and calm["drift"] is False, calm["checks"]
+        assert calm["checks"]["interactions"]["drift"] is False
+        assert calm["windows"]["current"]["rows"] == N_USERS * LENGTH
+        assert [r.state.type.value for r in flow_runs(env, "daily")] == ["COMPLETED"]
+        assert flow_runs(env, "weekly") == []
+
+        # When every new interaction is on one genre: drift in the interactions check, and one training run
+        shifted = monitor(root, env, "shifted.csv")
+        assert shifted["drift"] is True
+        interactions = shifted["checks"]["interactions"]
+        assert interactions["drift"] is True and interactions["details"]["columns"]["genre"]["drifted"] is True
+        assert interactions["details"]["genre_share"]["current"]["horror"] == 1.0
+        assert shifted["checks"]["predictions"]["drift"] is False  # the sampled users did nothing new
+        assert shifted["checks"]["embeddings"]["details"]["skipped"].startswith("0 new items")
+        training = flow_runs(env, "weekly")
+        assert len(training) == 1 and "drift" in training[0].tags
+        monitors = flow_runs(env, "daily")
+        assert sorted(r.state.type.value for r in monitors) == ["COMPLETED", "COMPLETED"]
+
+    # Both checks are MLflow runs with their reports, tagged with the flow run that made them
+    runs = client.search_runs([client.get_experiment_by_name("drift-monitor-test").experiment_id],
+                              "tags.`bertrec.kind` = 'drift'", order_by=["attributes.start_time ASC"])  # fmt: skip
+    assert [r.data.tags["drift"] for r in runs] == ["false", "true"]
+    assert {r.data.tags["prefect.flow_run_id"] for r in runs} == {str(r.id) for r in monitors}
+    reports = {a.path for a in client.list_artifacts(runs[1].info.run_id, "drift")}
+    assert {"drift/interactions.html", "drift/predictions.html", "drift/verdict.json"} <= reports
+    assert runs[1].data.metrics["interactions.drift"] == 1.0
