@@ -79,12 +79,16 @@ def prepare_workspace(project: Path, workdir: Path, params_file: Path, sets: lis
             raise ReplayError(f"{project / DVC_FILE}: dependency {dep} not found in {project}")
         (workdir / dep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, workdir / dep)
+    source = load_params(params_file, sets)
+    # A local log named relative to the project is read from there.
+    local = [f"data.{key}={project.resolve() / value}" for key, value in
+             (("path", source.data.path), ("items_path", source.data.items_path)) if value and not value.is_absolute()]
     shutil.copy(params_file, workdir / DEFAULT_PARAMS)
     apply_overrides(workdir / DEFAULT_PARAMS, [
-        *sets, f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}", f"paths.cache={workdir / '.cache'}",
+        *sets, *local, f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}", f"paths.cache={workdir / '.cache'}",
     ])  # fmt: skip
     p = load_params(workdir / DEFAULT_PARAMS)
-    raw = project / load_params(params_file).paths.raw
+    raw = project / source.paths.raw
     if raw.is_dir():  # the project's fetched snapshot: no second download
         shutil.copytree(raw, workdir / p.paths.raw)
     ignored = [".cache/", "mlflow.db", "mlruns/", "__pycache__/", f"/{p.paths.raw}/", f"/{p.paths.outputs}/{DRIFT_DIR}/"]
@@ -195,7 +199,7 @@ def _champion(p: Params) -> tuple[str | None, float | None]:
     for row in versions(p):
         if CHAMPION in row.aliases:
             value = row.tags.get(mlflow_name(p.promotion.metric))
-            return row.version, float(value) if value else None
+            return str(row.version), float(value) if value else None
     return None, None
 
 

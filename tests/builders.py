@@ -193,3 +193,50 @@ def dvc(root: Path, *args: str) -> str:
     done = subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, capture_output=True, text=True, env=env)
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout + done.stderr
+
+
+# Timed logs for drift and replay tests: two weeks from T0, 60 items whose genre is WORDS[i % 10].
+WORDS = ["action", "comedy", "drama", "horror", "romance", "war", "space", "robot", "love", "ghost"]
+N_ITEMS, N_USERS, LENGTH = 60, 60, 20
+T0, WEEK = 1_700_000_000, 7 * 86_400
+
+
+def iso(seconds: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+
+
+def walks(users: range, start: int, rng) -> list[tuple[str, str, int]]:
+    """Each user walks the catalogue in steps of +1 at random times within the week from ``start``."""
+    rows = []
+    for u in users:
+        first = int(rng.integers(N_ITEMS))
+        times = sorted(rng.integers(start + 1, start + WEEK, LENGTH))
+        rows += [(str(u), str((first + t) % N_ITEMS), int(times[t])) for t in range(LENGTH)]
+    return rows
+
+
+def one_genre(users: range, start: int, rng, genre: str = "horror") -> list[tuple[str, str, int]]:
+    """Each user takes every item of one genre, at random times within the week from ``start``."""
+    items = [str(i) for i in range(N_ITEMS) if WORDS[i % 10] == genre]
+    return [(str(u), item, int(rng.integers(start + 1, start + WEEK))) for u in users for item in items]
+
+
+def write_timed_logs(incoming: Path) -> None:
+    """``same.csv`` and ``shifted.csv``: the same first week; in the second, new users who behave the same
+    way, or who take every item of one genre. ``items.csv``: titles and genres."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    first = walks(range(N_USERS), T0, rng)
+    new_users = range(1000, 1000 + N_USERS)
+    columns = ["user_id", "item_id", "timestamp"]
+    pd.DataFrame(first + walks(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "same.csv", index=False)
+    pd.DataFrame(first + one_genre(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "shifted.csv", index=False)
+    pd.DataFrame({
+        "item_id": [str(i) for i in range(N_ITEMS)],
+        "title": [f"{WORDS[i % 10]} {WORDS[(i // 10 + 3) % 10]}" for i in range(N_ITEMS)],
+        "genres": [WORDS[i % 10] for i in range(N_ITEMS)],
+    }).to_csv(incoming / "items.csv", index=False)  # fmt: skip

@@ -11,58 +11,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from builders import dvc, dvc_project
+from builders import LENGTH, N_USERS, T0, WEEK, dvc, dvc_project, iso, write_timed_logs
 from servers import prefect_env, prefect_server
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-WORDS = ["action", "comedy", "drama", "horror", "romance", "war", "space", "robot", "love", "ghost"]
-N_ITEMS, N_USERS, LENGTH = 60, 60, 20
-T0, WEEK = 1_700_000_000, 7 * 86_400
 MODEL = "drift-monitor-test"
-
-
-def iso(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
-
-
-def walks(users: range, start: int, rng: np.random.Generator) -> list[tuple[str, str, int]]:
-    """Each user walks the catalogue in steps of +1 at random times within the week from ``start``."""
-    rows = []
-    for u in users:
-        first = int(rng.integers(N_ITEMS))
-        times = np.sort(rng.integers(start + 1, start + WEEK, LENGTH))
-        rows += [(str(u), str((first + t) % N_ITEMS), int(times[t])) for t in range(LENGTH)]
-    return rows
-
-
-def one_genre(users: range, start: int, rng: np.random.Generator, genre: str = "horror") -> list[tuple[str, str, int]]:
-    """Each user takes every item of one genre, at random times within the week from ``start``."""
-    items = [str(i) for i in range(N_ITEMS) if WORDS[i % 10] == genre]
-    return [(str(u), item, int(rng.integers(start + 1, start + WEEK))) for u in users for item in items]
-
-
-def write_logs(incoming: Path) -> None:
-    """The same first week in both logs; the second week: same behaviour (new users), or one genre (new users)."""
-    rng = np.random.default_rng(3)
-    first = walks(range(N_USERS), T0, rng)
-    new_users = range(1000, 1000 + N_USERS)
-    columns = ["user_id", "item_id", "timestamp"]
-    pd.DataFrame(first + walks(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "same.csv", index=False)
-    pd.DataFrame(first + one_genre(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "shifted.csv", index=False)
-    pd.DataFrame({
-        "item_id": [str(i) for i in range(N_ITEMS)],
-        "title": [f"{WORDS[i % 10]} {WORDS[(i // 10 + 3) % 10]}" for i in range(N_ITEMS)],
-        "genres": [WORDS[i % 10] for i in range(N_ITEMS)],
-    }).to_csv(incoming / "items.csv", index=False)  # fmt: skip
 
 
 def prefect(root: Path, env: dict[str, str], *args: str, timeout: float = 600) -> str:
@@ -101,7 +60,7 @@ def test_monitor_deployment_starts_training_on_drift_only(tmp_path, tiny_encoder
                        f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test",
                        "data.path=incoming/same.csv", f"data.window={iso(T0 + WEEK)}", "drift.min_rows=50",
                        "drift.sample_users=40", "train.epochs=10")  # fmt: skip
-    write_logs(root / "incoming")
+    write_timed_logs(root / "incoming")
     # Given a champion trained on the first week
     dvc(root, "repro", "register")
     client = MlflowClient(mlflow_uri, mlflow_uri)
