@@ -73,7 +73,8 @@ def register(p: Params, run_name: str | None = None, run_tags: dict[str, str] | 
             return result
         history = data.interactions["item_id"].astype(str).tolist()[:EXAMPLE_HISTORY]
         model_uri = log_bundle(p, history)
-        version = register_version(client, p, model_uri, version_tags(scores, p, sha, float(data.interactions["timestamp"].max()), run_id, fingerprint))
+        labels = version_tags(scores, p, sha, float(data.interactions["timestamp"].max()), run_id, fingerprint)
+        version = register_version(client, p, model_uri, labels)
         if checkpoint:
             checkpoint("uploaded")
         gate = gate_and_switch(client, p, version, scores, baseline, data, checkpoint)
