@@ -119,7 +119,7 @@ def recommend_for(scorer, histories: Histories, k: int = K) -> tuple[np.ndarray,
     return topk, first.astype(np.float64)
 
 
-def run_checks(recommender, data: Dataset, windows: Windows, p: Params) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
+def run_checks(recommender, data: Dataset, windows: Windows, p: Params) -> tuple[Verdict, dict[str, Any], Any]:
     """The three drift checks and the quality comparison; returns the verdict, the quality section and
     Evidently's quality report (for its HTML)."""
     from bertrec.recommend import CatalogueScorer
