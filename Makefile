@@ -25,7 +25,10 @@ run: $(STAMP)
 	$(BIN)/python -m flows.training
 	$(BIN)/bertrec recommend --user 1 --k 5
 
+# Lint and format checks first (fast), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 stack: $(STAMP)

@@ -21,14 +21,13 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from model_table import COLUMNS, OUT, ROOT, fit
 
 from bertrec.config import load_params
-from bertrec.data import load_dataset
-from bertrec.embed import embed_catalogue
+from bertrec.data.dataset import load_dataset
+from bertrec.model.embed import embed_catalogue
 
 # label -> overrides. `frozen` is the CPU default: encoder frozen, its features computed once.
 VARIANTS = {
@@ -46,13 +45,26 @@ def embed_seconds(scorer, items, batch_size: int, repeats: int = 3) -> float:
 
 def markdown(results: dict) -> str:
     head = ["variant", "seeds", "s/epoch", "epochs", "train s", "embed items/s", *COLUMNS[:4]]
-    lines = [f"device: {results['machine']['device_name']} (means over seeds)\n", "| " + " | ".join(head) + " |",
-             "|---" * len(head) + "|"]  # fmt: skip
+    lines = [
+        f"device: {results['machine']['device_name']} (means over seeds)\n",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
     for label, runs in results["runs"].items():
-        mean = {key: statistics.mean(r[key] for r in runs) for key in ("seconds_per_epoch", "epochs", "train_seconds", "embed_items_per_second")}
+        mean = {
+            key: statistics.mean(r[key] for r in runs)
+            for key in ("seconds_per_epoch", "epochs", "train_seconds", "embed_items_per_second")
+        }
         test = {c: statistics.mean(r["metrics"]["test"][c] for r in runs) for c in COLUMNS[:4]}
-        cells = [label, str(len(runs)), f"{mean['seconds_per_epoch']:.2f}", f"{mean['epochs']:.0f}", f"{mean['train_seconds']:.0f}",
-                 f"{mean['embed_items_per_second']:.0f}", *(f"{test[c]:.4f}" for c in COLUMNS[:4])]  # fmt: skip
+        cells = [
+            label,
+            str(len(runs)),
+            f"{mean['seconds_per_epoch']:.2f}",
+            f"{mean['epochs']:.0f}",
+            f"{mean['train_seconds']:.0f}",
+            f"{mean['embed_items_per_second']:.0f}",
+            *(f"{test[c]:.4f}" for c in COLUMNS[:4]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -71,10 +83,16 @@ def main() -> None:
     items = load_dataset(ROOT / params.paths.prepared).items
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     results: dict = {
-        "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "device": args.device, "device_name": name},
+        "machine": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "device": args.device,
+            "device_name": name,
+        },
         "runs": {},
-    }  # fmt: skip
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / f"device_paths_{args.device}"
     for label in args.variants:
@@ -83,8 +101,11 @@ def main() -> None:
             began = time.perf_counter()
             record, scorer = fit("loo", [*args.set_, *VARIANTS[label], f"train.device={args.device}"], seed)
             seconds = embed_seconds(scorer, items, params.model.encode_batch_size)
-            record |= {"embed_seconds": seconds, "embed_items_per_second": len(items) / seconds,
-                       "wall_seconds": time.perf_counter() - began}  # fmt: skip
+            record |= {
+                "embed_seconds": seconds,
+                "embed_items_per_second": len(items) / seconds,
+                "wall_seconds": time.perf_counter() - began,
+            }
             results["runs"].setdefault(label, []).append(record)
             # Written after every run, so a bench cut short keeps what it measured.
             stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

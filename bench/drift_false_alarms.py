@@ -1,4 +1,4 @@
-"""False-alarm rate of each drift check (bertrec.drift) on pairs of windows drawn from one distribution.
+"""False-alarm rate of each drift check (bertrec.mlops.drift.checks) on pairs of windows drawn from one distribution.
 
 Synthetic and seeded, at about the sizes of ml-100k: 943 users, 1,682 items in 18 genres with a
 long-tailed popularity, windows of 3,000 interactions (about ten days of ml-100k); a catalogue of
@@ -25,7 +25,13 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from bertrec.config import DriftParams, load_params
-from bertrec.drift import DriftCheck, check_embeddings, check_interactions, check_predictions, prediction_features
+from bertrec.mlops.drift.checks import (
+    DriftCheck,
+    check_embeddings,
+    check_interactions,
+    check_predictions,
+    prediction_features,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -41,18 +47,27 @@ def world(seed: int = 7) -> dict:
     user_p = rng.lognormal(0.0, 1.0, N_USERS)
     genre = rng.integers(0, N_GENRES, N_ITEMS)
     items = pd.DataFrame({"item_id": np.arange(N_ITEMS), "genres": [f"g{g}|g{(g + 1) % N_GENRES}" for g in genre]})
-    return {"item_p": item_p / item_p.sum(), "user_p": user_p / user_p.sum(), "items": items,
-            "centres": rng.normal(size=(30, DIM)), "popularity": np.round(20_000 * item_p / item_p.sum()).astype(int)}  # fmt: skip
+    return {
+        "item_p": item_p / item_p.sum(),
+        "user_p": user_p / user_p.sum(),
+        "items": items,
+        "centres": rng.normal(size=(30, DIM)),
+        "popularity": np.round(20_000 * item_p / item_p.sum()).astype(int),
+    }
 
 
 def window(w: dict, rng: np.random.Generator) -> pd.DataFrame:
-    hours = np.where(rng.random(WINDOW_ROWS) < 0.7, rng.normal(20, 2.5, WINDOW_ROWS), rng.uniform(0, 24, WINDOW_ROWS)) % 24
-    return pd.DataFrame({
-        "user_id": rng.choice(N_USERS, WINDOW_ROWS, p=w["user_p"]),
-        "item_id": rng.choice(N_ITEMS, WINDOW_ROWS, p=w["item_p"]),
-        "timestamp": START + rng.integers(0, 10, WINDOW_ROWS) * 86_400 + (hours * 3600).astype(np.int64),
-        "rating": rng.choice(5, WINDOW_ROWS, p=[0.06, 0.11, 0.27, 0.34, 0.22]) + 1,
-    })  # fmt: skip
+    hours = (
+        np.where(rng.random(WINDOW_ROWS) < 0.7, rng.normal(20, 2.5, WINDOW_ROWS), rng.uniform(0, 24, WINDOW_ROWS)) % 24
+    )
+    return pd.DataFrame(
+        {
+            "user_id": rng.choice(N_USERS, WINDOW_ROWS, p=w["user_p"]),
+            "item_id": rng.choice(N_ITEMS, WINDOW_ROWS, p=w["item_p"]),
+            "timestamp": START + rng.integers(0, 10, WINDOW_ROWS) * 86_400 + (hours * 3600).astype(np.int64),
+            "rating": rng.choice(5, WINDOW_ROWS, p=[0.06, 0.11, 0.27, 0.34, 0.22]) + 1,
+        }
+    )
 
 
 def vectors(w: dict, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -89,29 +104,42 @@ def summarise(pairs: list[dict[str, DriftCheck]]) -> dict:
         }
         if "columns" in checks[0].details:
             entry["columns"] = {
-                column: {"test": info["test"], "threshold": info["threshold"],
-                         "false_alarms": sum(c.details["columns"][column]["drifted"] for c in checks),
-                         "scores": [c.details["columns"][column]["score"] for c in checks]}
+                column: {
+                    "test": info["test"],
+                    "threshold": info["threshold"],
+                    "false_alarms": sum(c.details["columns"][column]["drifted"] for c in checks),
+                    "scores": [c.details["columns"][column]["score"] for c in checks],
+                }
                 for column, info in checks[0].details["columns"].items()
-            }  # fmt: skip
+            }
         out[name] = entry
     return out
 
 
 def markdown(results: dict) -> str:
     n = results["pairs"]
-    lines = [f"False alarms over {n} same-distribution pairs (thresholds of params.yaml)\n",
-             "| check | rule | threshold | false alarms | rate | scores (min .. max) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"False alarms over {n} same-distribution pairs (thresholds of params.yaml)\n",
+        "| check | rule | threshold | false alarms | rate | scores (min .. max) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, entry in results["checks"].items():
         scores = entry["scores"]
-        lines.append(f"| {name} | {entry['rule']} | {entry['threshold']:.3g} | {entry['false_alarms']}/{n} | "
-                     f"{entry['rate']:.0%} | {min(scores):.4f} .. {max(scores):.4f} |")  # fmt: skip
-    lines += ["\nPer column (a column drifting is not by itself a drift of its check)\n",
-              "| check | column | test | threshold | drifted | scores (min .. max) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {name} | {entry['rule']} | {entry['threshold']:.3g} | {entry['false_alarms']}/{n} | "
+            f"{entry['rate']:.0%} | {min(scores):.4f} .. {max(scores):.4f} |"
+        )
+    lines += [
+        "\nPer column (a column drifting is not by itself a drift of its check)\n",
+        "| check | column | test | threshold | drifted | scores (min .. max) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, entry in results["checks"].items():
         for column, info in entry.get("columns", {}).items():
-            lines.append(f"| {name} | {column} | {info['test']} | {info['threshold']:.3g} | {info['false_alarms']}/{n} | "
-                         f"{min(info['scores']):.4f} .. {max(info['scores']):.4f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {column} | {info['test']} | {info['threshold']:.3g} | {info['false_alarms']}/{n} | "
+                f"{min(info['scores']):.4f} .. {max(info['scores']):.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -132,10 +160,22 @@ def main() -> None:
     results = {
         "pairs": args.pairs,
         "seconds": time.perf_counter() - began,
-        "sizes": {"users": N_USERS, "items": N_ITEMS, "window_rows": WINDOW_ROWS, "catalogue": CATALOGUE,
-                  "new_items": NEW, "dim": DIM, "sample_users": params.sample_users, "k": K},  # fmt: skip
+        "sizes": {
+            "users": N_USERS,
+            "items": N_ITEMS,
+            "window_rows": WINDOW_ROWS,
+            "catalogue": CATALOGUE,
+            "new_items": NEW,
+            "dim": DIM,
+            "sample_users": params.sample_users,
+            "k": K,
+        },
         "params": params.model_dump(mode="json"),
-        "machine": {"python": sys.version.split()[0], "evidently": evidently.__version__, "platform": platform.platform()},
+        "machine": {
+            "python": sys.version.split()[0],
+            "evidently": evidently.__version__,
+            "platform": platform.platform(),
+        },
         "checks": summarise(pairs),
     }
     OUT.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from bertrec.baselines import make_baselines
 from bertrec.config import load_params
-from bertrec.data import load_dataset
-from bertrec.evaluate import evaluate_split
-from bertrec.split import read_split
-from bertrec.train import train
-from bertrec.twotower import TowerScorer
+from bertrec.data.dataset import load_dataset
+from bertrec.data.split import read_split
+from bertrec.model.scorer import TowerScorer
+from bertrec.model.train import train
+from bertrec.ranking.baselines import make_baselines
+from bertrec.ranking.evaluate import evaluate_split
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -37,7 +37,13 @@ COLUMNS = ("NDCG@10", "Hit@10", "MRR@10", "Coverage@10", "ARP@10", "TailShare@10
 # PROTOCOL.md's RecBole references (loo test).
 RECBOLE = {
     "BPR": {"NDCG@10": 0.0673, "Hit@10": 0.1241, "MRR@10": 0.0502, "Coverage@10": 0.321, "ARP@10": 275.9},
-    "SASRec (10 epochs)": {"NDCG@10": 0.1110, "Hit@10": 0.2206, "MRR@10": 0.0780, "Coverage@10": 0.474, "ARP@10": 171.2},
+    "SASRec (10 epochs)": {
+        "NDCG@10": 0.1110,
+        "Hit@10": 0.2206,
+        "MRR@10": 0.0780,
+        "Coverage@10": 0.474,
+        "ARP@10": 171.2,
+    },
     "GRU4Rec": {"NDCG@10": 0.1061, "Hit@10": 0.2110, "MRR@10": 0.0747, "Coverage@10": 0.503, "ARP@10": 183.0},
 }
 # (split, label, overrides, seeds)
@@ -64,10 +70,15 @@ def fit(split_name: str, overrides: list[str], seed: int) -> tuple[dict, TowerSc
     seconds = time.perf_counter() - began
     metrics = evaluate_split([result.scorer], split, data.items, params.eval.ks, params.eval.batch_size)["bertrec"]
     record = {
-        "split": split_name, "overrides": overrides, "seed": seed, "train_seconds": seconds,
-        "epochs": len(result.epochs), "best_epoch": result.best_epoch, "metrics": metrics,
+        "split": split_name,
+        "overrides": overrides,
+        "seed": seed,
+        "train_seconds": seconds,
+        "epochs": len(result.epochs),
+        "best_epoch": result.best_epoch,
+        "metrics": metrics,
         "seconds_per_epoch": statistics.mean(e.seconds for e in result.epochs),
-    }  # fmt: skip
+    }
     return record, result.scorer
 
 
@@ -88,7 +99,11 @@ def markdown(results: dict) -> str:
     lines = []
     for split_name, targets in (("loo", ["test"]), ("ratio", ["test"]), ("cold_items", ["test_all", "test_new"])):
         for target in targets:
-            lines += [f"\n**{split_name} · {target}**\n", "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+            lines += [
+                f"\n**{split_name} · {target}**\n",
+                "| model | " + " | ".join(COLUMNS) + " |",
+                "|---" * (len(COLUMNS) + 1) + "|",
+            ]
             for label, runs in results["runs"].items():
                 mine = [r for r in runs if r["split"] == split_name]
                 if mine:
@@ -109,10 +124,16 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     data = load_dataset(ROOT / params.paths.prepared)
     results: dict = {
-        "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "cuda": torch.cuda.is_available()},
-        "runs": {}, "baselines": {},
-    }  # fmt: skip
+        "machine": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "runs": {},
+        "baselines": {},
+    }
     for split_name in sorted({s for s, *_ in runs}):
         split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
         results["baselines"][split_name] = evaluate_split(

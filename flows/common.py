@@ -7,7 +7,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, runtime
 
-from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, apply_overrides, override_sets
+from bertrec.config import DEFAULT_PARAMS, apply_overrides
+from flows.overrides import ParamsOverrides, override_sets
 
 
 def enter_project(project_dir: str, overrides: ParamsOverrides | None) -> tuple[Path, list[str]]:
@@ -25,6 +26,8 @@ def enter_project(project_dir: str, overrides: ParamsOverrides | None) -> tuple[
 def run_tags(overrides: list[str]) -> dict[str, str]:
     """What a step adds to its MLflow run: the Prefect flow run, its deployment and the overrides."""
     return {
-        "prefect.flow_run_id": str(runtime.flow_run.id), "prefect.flow_run_name": str(runtime.flow_run.name),
-        "prefect.deployment": str(runtime.deployment.name or "none"), "prefect.overrides": "; ".join(overrides) or "none",
-    }  # fmt: skip
+        "prefect.flow_run_id": str(runtime.flow_run.id),
+        "prefect.flow_run_name": str(runtime.flow_run.name),
+        "prefect.deployment": str(runtime.deployment.name or "none"),
+        "prefect.overrides": "; ".join(overrides) or "none",
+    }

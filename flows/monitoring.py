@@ -18,10 +18,12 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.deployments import run_deployment
 
-from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, load_params
-from bertrec.drift import VERDICT_FILE
-from bertrec.monitor import DRIFT_DIR, RUN_FILE, verdict_table
+from bertrec.config import DEFAULT_PARAMS, load_params
+from bertrec.mlops.drift.checks import VERDICT_FILE
+from bertrec.mlops.drift.monitor import DRIFT_DIR, RUN_FILE
+from bertrec.render import verdict_table
 from flows.common import enter_project, run_tags
+from flows.overrides import ParamsOverrides
 from tasks.stages import stage_task
 
 DATA_STAGES = ("fetch", "prepare")
@@ -29,8 +31,9 @@ DRIFT_STAGE = "drift"
 
 
 @flow(name="drift-monitor", log_prints=True)
-def drift_monitor(overrides: ParamsOverrides | None = None, training_deployment: str | None = None,
-                  project_dir: str = ".") -> dict:  # fmt: skip
+def drift_monitor(
+    overrides: ParamsOverrides | None = None, training_deployment: str | None = None, project_dir: str = "."
+) -> dict:
     """Check the newest data against the champion's; on drift, start the training deployment.
 
     Args:
@@ -55,14 +58,24 @@ def drift_monitor(overrides: ParamsOverrides | None = None, training_deployment:
         logger.info("drift found: started %s as flow run %s", deployment, run.name)
     else:
         logger.info("no drift (%s): nothing started", payload["status"])
-    trigger = (f"\n\nstarted **{started['deployment']}**: flow run `{started['flow_run_name']}`" if started
-               else "\n\nno training started")  # fmt: skip
-    create_markdown_artifact(verdict_table(payload) + trigger, key="drift-verdict",
-                             description="Drift checks of the newest data against the champion")  # fmt: skip
+    trigger = (
+        f"\n\nstarted **{started['deployment']}**: flow run `{started['flow_run_name']}`"
+        if started
+        else "\n\nno training started"
+    )
+    create_markdown_artifact(
+        verdict_table(payload) + trigger,
+        key="drift-verdict",
+        description="Drift checks of the newest data against the champion",
+    )
     report = mlflow_run.get("url") or folder.as_uri()
     create_link_artifact(report, link_text=f"drift reports (MLflow run {mlflow_run['run_id']})", key="drift-report")
-    return {"drift": payload["drift"], "status": payload["status"], "mlflow_run_id": mlflow_run["run_id"],
-            "training": started}  # fmt: skip
+    return {
+        "drift": payload["drift"],
+        "status": payload["status"],
+        "mlflow_run_id": mlflow_run["run_id"],
+        "training": started,
+    }
 
 
 if __name__ == "__main__":

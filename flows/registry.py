@@ -23,8 +23,11 @@ def promote(version: str, force: bool = False, project_dir: str = ".") -> dict:
     project = Path(project_dir).resolve()
     os.chdir(project)  # params.yaml's paths are relative to the project
     result = promote_task(project, version, force)
-    create_markdown_artifact(f"**version {version}**: {'promoted' if result['promote'] else 'not promoted'}\n\n"
-                             f"{result['reason']}", key="promotion", description="The gate's decision")  # fmt: skip
+    create_markdown_artifact(
+        f"**version {version}**: {'promoted' if result['promote'] else 'not promoted'}\n\n{result['reason']}",
+        key="promotion",
+        description="The gate's decision",
+    )
     get_run_logger().info(result["reason"])
     return result
 

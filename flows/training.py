@@ -21,21 +21,31 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.deployments import run_deployment
 
-from bertrec.config import DEFAULT_PARAMS, ParamsOverrides, load_params
-from bertrec.report import registration_summary
-from bertrec.results import REGISTER_FILE
+from bertrec.config import DEFAULT_PARAMS, load_params
+from bertrec.ranking.results import REGISTER_FILE
+from bertrec.render import registration_summary
 from flows.common import enter_project, run_tags
+from flows.overrides import ParamsOverrides
 from tasks.stages import (
-    LOCK_FILE, StageRun, is_current, outputs_of, pull, push, stage_task, stages, upstream_outputs,
-)  # fmt: skip
+    LOCK_FILE,
+    StageRun,
+    is_current,
+    outputs_of,
+    pull,
+    push,
+    stage_task,
+    stages,
+    upstream_outputs,
+)
 
 TRAIN_STAGE = "train"
 LOCK_ARTIFACT = "train-stage-dvc-lock"
 
 
 @flow(name="training-pipeline", log_prints=True)
-def training_pipeline(overrides: ParamsOverrides | None = None, gpu_deployment: str | None = None,
-                      project_dir: str = ".") -> dict:  # fmt: skip
+def training_pipeline(
+    overrides: ParamsOverrides | None = None, gpu_deployment: str | None = None, project_dir: str = "."
+) -> dict:
     """Every DVC stage in order (train on the GPU pool when ``gpu_deployment`` names one), then register and gate.
 
     Args:
@@ -56,8 +66,11 @@ def training_pipeline(overrides: ParamsOverrides | None = None, gpu_deployment: 
     p = load_params(project / DEFAULT_PARAMS)
     result = json.loads((project / p.paths.metrics / REGISTER_FILE).read_text())
     ran = [r.stage for r in runs if r.ran]
-    create_markdown_artifact(registration_summary(result, ran, sets), key="training-summary",
-                             description="Metrics against champion and baselines, and the promotion decision")  # fmt: skip
+    create_markdown_artifact(
+        registration_summary(result, ran, sets),
+        key="training-summary",
+        description="Metrics against champion and baselines, and the promotion decision",
+    )
     if result.get("run_url"):
         create_link_artifact(result["run_url"], link_text=f"MLflow run {result['run_id']}", key="mlflow-run")
     logger.info("decision: %s", result.get("reason") or "nothing new registered")
@@ -72,9 +85,14 @@ def _train_elsewhere(project: Path, deployment: str) -> StageRun:
         return StageRun(TRAIN_STAGE, False, 0.0)
     push(project, upstream_outputs(project, TRAIN_STAGE))
     began = time.monotonic()
-    run = run_deployment(deployment, parameters={
-        "params_yaml": (project / DEFAULT_PARAMS).read_text(), "dvc_lock": (project / LOCK_FILE).read_text(),
-    }, timeout=None)  # fmt: skip
+    run = run_deployment(
+        deployment,
+        parameters={
+            "params_yaml": (project / DEFAULT_PARAMS).read_text(),
+            "dvc_lock": (project / LOCK_FILE).read_text(),
+        },
+        timeout=None,
+    )
     if not run.state.is_completed():
         raise RuntimeError(f"train deployment {deployment} ended {run.state.name}: {run.state.message}")
     (project / LOCK_FILE).write_text(read_lock_artifact(run.id))

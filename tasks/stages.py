@@ -55,8 +55,14 @@ def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> list[st
     logger.info("$ dvc %s", " ".join(args))
     # the stages' commands (`bertrec <step>`) come from this environment
     path = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=os.environ | path | (env or {})) as process:  # fmt: skip
+    with subprocess.Popen(
+        command,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | path | (env or {}),
+    ) as process:
         for line in process.stdout:
             line = line.rstrip()
             lines.append(line)
@@ -79,8 +85,9 @@ def run_stage(project: Path, stage: str, env: dict[str, str] | None = None) -> S
 
 def stage_task(stage: str):
     """``run_stage`` with the retries and timeout of ``stage``."""
-    return run_stage.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=30,
-                                  timeout_seconds=TIMEOUTS_S.get(stage, DEFAULT_TIMEOUT_S))  # fmt: skip
+    return run_stage.with_options(
+        retries=RETRIES.get(stage, 0), retry_delay_seconds=30, timeout_seconds=TIMEOUTS_S.get(stage, DEFAULT_TIMEOUT_S)
+    )
 
 
 @task(task_run_name="dvc push {targets}", retries=3, retry_delay_seconds=10)

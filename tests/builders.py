@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 
-GENRES_100K = "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\nDocumentary|7\n" \
-    "Drama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\nMusical|12\nMystery|13\nRomance|14\nSci-Fi|15\n" \
-    "Thriller|16\nWar|17\nWestern|18\n"  # fmt: skip
+GENRES_100K = (
+    "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\nDocumentary|7\n"
+    "Drama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\nMusical|12\nMystery|13\nRomance|14\nSci-Fi|15\n"
+    "Thriller|16\nWar|17\nWestern|18\n"
+)
 
 
 def flags(*on: int) -> str:
@@ -65,12 +68,12 @@ def write_recbole(folder: Path, name: str = "toy") -> Path:
 def cyclic_dataset(n_users: int = 60, n_items: int = 60, length: int = 12, seed: int = 0):
     """A log where the next item is learnable: each user walks the catalogue in steps of +1 (mod n_items).
 
-    Returns a ``bertrec.data.Dataset`` whose items have short texts from the tiny tokenizer's vocabulary.
+    Returns a ``bertrec.data.dataset.Dataset`` whose items have short texts from the tiny tokenizer's vocabulary.
     """
     import numpy as np
     import pandas as pd
 
-    from bertrec.data import Dataset
+    from bertrec.data.dataset import Dataset
 
     words = ["action", "comedy", "drama", "horror", "romance", "war", "space", "robot", "love", "ghost"]
     rng = np.random.default_rng(seed)
@@ -80,16 +83,37 @@ def cyclic_dataset(n_users: int = 60, n_items: int = 60, length: int = 12, seed:
         for t in range(length):
             rows.append((str(u), str((start + t) % n_items), t, u, (start + t) % n_items))
     interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "user_idx", "item_idx"])
-    items = pd.DataFrame({
-        "item_idx": np.arange(n_items, dtype=np.int32),
-        "item_id": [str(i) for i in range(n_items)],
-        "text": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]} movie" for i in range(n_items)],
-        "title": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]}" for i in range(n_items)],
-    })  # fmt: skip
+    items = pd.DataFrame(
+        {
+            "item_idx": np.arange(n_items, dtype=np.int32),
+            "item_id": [str(i) for i in range(n_items)],
+            "text": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]} movie" for i in range(n_items)],
+            "title": [f"{words[i % 10]} {words[(i // 10 + 3) % 10]}" for i in range(n_items)],
+        }
+    )
     return Dataset(interactions, items)
 
 
 PIPELINE_STEPS = ("prepare", "split", "baselines", "train", "embed", "index", "evaluate")
+
+
+def tiny_model(encoder: Path) -> list[str]:
+    """Overrides of a tiny two-tower model on ``encoder`` that learns the cyclic log in a few epochs."""
+    return [
+        f"model.encoder={encoder}",
+        "model.dim=16",
+        "model.layers=1",
+        "model.max_history=8",
+        "model.dropout=0.0",
+        "train.batch_size=16",
+        "train.lr=0.005",
+        "train.warmup_steps=5",
+        "eval.batch_size=32",
+    ]
+
+
+# How a small project reads the cyclic log's items (title and genres columns of items.csv).
+TABLE_SOURCE = ["data.source=table", "data.text_template='{title}. Genres: {genres}.'"]
 
 
 def project_args(root: Path, encoder: Path, *extra: str, dataset=None) -> list[str]:
@@ -104,12 +128,15 @@ def project_args(root: Path, encoder: Path, *extra: str, dataset=None) -> list[s
     data.interactions[["user_id", "item_id", "timestamp"]].to_csv(root / "log.csv", index=False)
     data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(root / "items.csv", index=False)
     sets = [
-        *paths_under(root), "data.source=table", f"data.path={root / 'log.csv'}", f"data.items_path={root / 'items.csv'}",
-        "data.text_template='{title}. Genres: {genres}.'", "baselines.models=[popular, itemknn]",
-        f"model.encoder={encoder}", "model.dim=16", "model.layers=1", "model.max_history=8", "model.dropout=0.0",
-        "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=8", "eval.batch_size=32",
+        *paths_under(root),
+        *TABLE_SOURCE,
+        f"data.path={root / 'log.csv'}",
+        f"data.items_path={root / 'items.csv'}",
+        "baselines.models=[popular, itemknn]",
+        *tiny_model(encoder),
+        "train.epochs=8",
         *extra,
-    ]  # fmt: skip
+    ]
     return ["--params", str(root / "absent.yaml"), *[x for s in sets for x in ("--set", s)]]
 
 
@@ -151,20 +178,32 @@ def dvc_project(root: Path, encoder: Path, mlflow_uri: str, *extra: str, remote:
     root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = repo / name
-        (shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-         if source.is_dir() else shutil.copy(source, root / name))  # fmt: skip
+        (
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if source.is_dir()
+            else shutil.copy(source, root / name)
+        )
     (root / "incoming").mkdir()
     data = cyclic_dataset()
     data.interactions[["user_id", "item_id", "timestamp"]].to_csv(root / "incoming" / "log.csv", index=False)
-    data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(root / "incoming" / "items.csv", index=False)
+    data.items[["item_id", "title"]].assign(genres=data.items["text"]).to_csv(
+        root / "incoming" / "items.csv", index=False
+    )
     shutil.copy(repo / "params.yaml", root / "params.yaml")
-    apply_overrides(root / "params.yaml", [
-        "data.source=table", "data.path=incoming/log.csv", "data.items_path=incoming/items.csv",
-        "data.text_template='{title}. Genres: {genres}.'", "baselines.models=[popular, itemknn]",
-        f"model.encoder={encoder}", "model.dim=16", "model.layers=1", "model.max_history=8", "model.dropout=0.0",
-        "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=6", "eval.batch_size=32",
-        f"mlflow.tracking_uri={mlflow_uri}", f"paths.cache={root / '.cache'}", *extra,
-    ])  # fmt: skip
+    apply_overrides(
+        root / "params.yaml",
+        [
+            *TABLE_SOURCE,
+            "data.path=incoming/log.csv",
+            "data.items_path=incoming/items.csv",
+            "baselines.models=[popular, itemknn]",
+            *tiny_model(encoder),
+            "train.epochs=6",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            f"paths.cache={root / '.cache'}",
+            *extra,
+        ],
+    )
     (root / ".gitignore").write_text(".cache/\nmlruns/\n__pycache__/\n")
     bin_dir = Path(sys.executable).parent
 
@@ -202,9 +241,9 @@ T0, WEEK = 1_700_000_000, 7 * 86_400
 
 
 def iso(seconds: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()
 
 
 def walks(users: range, start: int, rng) -> list[tuple[str, str, int]]:
@@ -234,9 +273,13 @@ def write_timed_logs(incoming: Path) -> None:
     new_users = range(1000, 1000 + N_USERS)
     columns = ["user_id", "item_id", "timestamp"]
     pd.DataFrame(first + walks(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "same.csv", index=False)
-    pd.DataFrame(first + one_genre(new_users, T0 + WEEK, rng), columns=columns).to_csv(incoming / "shifted.csv", index=False)
-    pd.DataFrame({
-        "item_id": [str(i) for i in range(N_ITEMS)],
-        "title": [f"{WORDS[i % 10]} {WORDS[(i // 10 + 3) % 10]}" for i in range(N_ITEMS)],
-        "genres": [WORDS[i % 10] for i in range(N_ITEMS)],
-    }).to_csv(incoming / "items.csv", index=False)  # fmt: skip
+    pd.DataFrame(first + one_genre(new_users, T0 + WEEK, rng), columns=columns).to_csv(
+        incoming / "shifted.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "item_id": [str(i) for i in range(N_ITEMS)],
+            "title": [f"{WORDS[i % 10]} {WORDS[(i // 10 + 3) % 10]}" for i in range(N_ITEMS)],
+            "genres": [WORDS[i % 10] for i in range(N_ITEMS)],
+        }
+    ).to_csv(incoming / "items.csv", index=False)

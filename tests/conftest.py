@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,13 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -70,3 +75,98 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory):
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    """The session's `prefect server start`: its API URL and the environment of a process that uses it."""
+
+    api: str
+    home: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """One real `prefect server start` on loopback for the session, with the process pools `cpu` and `gpu`.
+
+    Tests deploy prefect.yaml from their own checkout (a later deploy replaces the deployments) and
+    tell their flow runs apart by id, so that sharing the server shares nothing else.
+    """
+    import subprocess
+    import sys
+
+    from servers import prefect_env, prefect_server
+
+    root = tmp_path_factory.mktemp("prefect-server")
+    with prefect_server(root) as api:
+        env = os.environ | prefect_env(root, api) | {"HF_HUB_OFFLINE": "1"}
+        for pool in ("cpu", "gpu"):
+            subprocess.run(
+                [str(Path(sys.executable).parent / "prefect"), "work-pool", "create", pool, "--type", "process"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        yield PrefectServer(api, root / "prefect-home", env)
+
+
+# The shared DVC project: the two-week log of builders.write_timed_logs, trained on its first week.
+BUILT_MODEL = "built-project"
+
+
+@dataclass(frozen=True)
+class BuiltProject:
+    root: Path
+    output: str  # what its first `dvc repro` printed
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Path, mlflow_uri: str) -> BuiltProject:
+    """A git + DVC project of this repository's dvc.yaml and code whose `dvc repro` ran once, every stage.
+
+    Data: the first week of ``incoming/same.csv`` (``data.window``); the model is registered as
+    ``built-project`` on the session's MLflow server. Never change it: take a :func:`copy_project`.
+    """
+    from builders import T0, WEEK, dvc, dvc_project, iso, write_timed_logs
+
+    root = tmp_path_factory.mktemp("built") / "project"
+    dvc_project(
+        root,
+        tiny_encoder,
+        mlflow_uri,
+        "baselines.models=[popular]",
+        f"mlflow.registered_model={BUILT_MODEL}",
+        "data.path=incoming/same.csv",
+        f"data.window={iso(T0 + WEEK)}",
+        "drift.min_rows=50",
+        "drift.sample_users=40",
+        "train.epochs=10",
+    )
+    write_timed_logs(root / "incoming")
+    return BuiltProject(root, dvc(root, "repro"))
+
+
+def copy_project(built: BuiltProject, dest: Path, *sets: str) -> Path:
+    """A copy of the built project at ``dest`` (its own cache and DVC remote), with ``sets`` written into params.yaml.
+
+    Every stage of the copy is up to date, except those whose params ``sets`` change.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from bertrec.config import apply_overrides
+
+    shutil.copytree(built.root, dest, symlinks=True)
+    apply_overrides(dest / "params.yaml", [f"paths.cache={dest / '.cache'}", *sets])
+    dvc = str(Path(sys.executable).parent / "dvc")
+    remote = ["remote", "modify", "local", "url", str(dest / ".cache" / "dvc-remote")]
+    subprocess.run([dvc, *remote], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture
+def project_copy(built_project: BuiltProject, tmp_path: Path):
+    """``copy(*sets) -> Path``: a fresh copy of the built project under this test's tmp_path."""
+    return lambda *sets: copy_project(built_project, tmp_path / "project", *sets)

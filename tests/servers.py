@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 BIN = Path(sys.executable).parent
 
@@ -38,7 +38,9 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 12
 
 
 @contextmanager
-def serving(command: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def serving(
+    command: list[str], health: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own process group until the block ends; ``health`` must answer 200 first."""
     with background(command, log, env=env) as process:
         wait_for(health, process, log)
@@ -49,20 +51,34 @@ def serving(command: list[str], health: str, log: Path, env: dict[str, str] | No
 def mlflow_server(root: Path) -> Iterator[str]:
     """A real `mlflow server` (SQLite backend, local artifact store) on 127.0.0.1; yields its URI."""
     port = free_port()
-    command = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]  # fmt: skip
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with serving(command, f"http://127.0.0.1:{port}/health", root / "mlflow-server.log"):
         yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager
-def background(command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def background(
+    command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` (a worker: nothing to poll) in its own process group until the block ends."""
     environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environment,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -76,17 +92,29 @@ def background(command: list[str], log: Path, cwd: Path | None = None, env: dict
 
 
 def prefect_env(root: Path, api_url: str) -> dict[str, str]:
-    """Settings of every Prefect process of a test: its own home and the loopback server."""
-    return {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO"}  # fmt: skip
+    """Settings of every Prefect process of a test: its own home and the loopback server.
+
+    Workers look for work every second (default 10 s): a test waits on its flow runs, not on polling.
+    """
+    return {
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
 
 
 @contextmanager
 def prefect_server(root: Path) -> Iterator[str]:
-    """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME; yields the API URL."""
+    """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME; yields the API URL.
+
+    Its scheduler is off: deployments shared by several tests must not get runs of their own that a
+    later test's worker would pick up (the stack test checks the scheduler on a server of its own).
+    """
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    env = prefect_env(root, api) | {"PREFECT_UI_ENABLED": "false"}
+    env = prefect_env(root, api) | {"PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     with serving(command, f"{api}/health", root / "prefect-server.log", env):
         yield api

@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bertrec.cli import app
+from bertrec.errors import ServingError
+
 from builders import project_args, run_steps
 
 
@@ -50,4 +52,6 @@ def test_recommend_for_a_user_and_a_history(project):
     ranked = [line for line in by_user.output.splitlines() if re.match(r"^\s*\d+\. ", line)]
     assert len(ranked) == 5 and all("because:" in line for line in ranked)
     unknown = runner.invoke(app, ["recommend", *args, "--history", "1,zzz"])
-    assert unknown.exit_code == 1 and "'zzz'" in unknown.output
+    assert unknown.exit_code == ServingError.exit_code and "item id 'zzz' is not in the catalogue" in unknown.output
+    stranger = runner.invoke(app, ["recommend", *args, "--user", "nobody"])
+    assert stranger.exit_code == ServingError.exit_code and "user 'nobody' is not in" in stranger.output

@@ -11,15 +11,20 @@ import pytest
 from typer.testing import CliRunner
 
 from bertrec.cli import app
-from bertrec.metrics import head_items
-from bertrec.results import BASELINES_TOPK
+from bertrec.ranking.metrics import head_items
+from bertrec.ranking.results import BASELINES_TOPK
+
 from conftest import paths_under
 
 # PROTOCOL.md: popularity on ml-100k `loo` test, computed exactly as the protocol says.
 PROTOCOL_POPULAR = {
-    "NDCG@10": 0.0449, "Hit@10": 0.0859, "MRR@10": 0.0326, "Coverage@10": 0.0541,
-    "NDCG@20": 0.0550, "Hit@20": 0.1262,
-}  # fmt: skip
+    "NDCG@10": 0.0449,
+    "Hit@10": 0.0859,
+    "MRR@10": 0.0326,
+    "Coverage@10": 0.0541,
+    "NDCG@20": 0.0550,
+    "Hit@20": 0.1262,
+}
 PROTOCOL_HEAD_ITEMS = 533
 
 
@@ -81,6 +86,6 @@ def test_saved_topk_lists_reproduce_the_metrics(pipeline):
     root, _ = pipeline
     lists = pd.read_parquet(root / "outputs" / BASELINES_TOPK / "loo" / "itemknn.test.parquet")
     test = pd.read_parquet(root / "splits" / "loo" / "test.parquet").set_index("user_idx")["item_idx"]
-    hits = [test[u] in row[:10] for u, row in zip(lists["user_idx"], lists["item_idx"])]
+    hits = [test[u] in row[:10] for u, row in zip(lists["user_idx"], lists["item_idx"], strict=True)]
     report = json.loads((root / "metrics" / "baselines.json").read_text())
     assert np.mean(hits) == pytest.approx(report["splits"]["loo"]["itemknn"]["test"]["Hit@10"])

@@ -1,14 +1,15 @@
-"""`bertrec replay` on a two-week log: a champion on week one, a drift check on week two, each step a DVC data version."""
+"""`bertrec replay` on a two-week log: a champion on week one, a drift check on week two; a DVC version per step."""
 
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 
-from bertrec.replay import replay
+from bertrec.mlops.replay import replay
+
 from builders import LENGTH, N_USERS, T0, WEEK, dvc, dvc_project, write_timed_logs
 
 pytestmark = pytest.mark.integration
@@ -19,11 +20,19 @@ def git(root, *args: str) -> str:
 
 
 def test_replay_trains_checks_and_versions_each_step(tmp_path, tiny_encoder, mlflow_uri):
-    root = dvc_project(tmp_path / "project", tiny_encoder, mlflow_uri, "baselines.models=[popular]",
-                       "data.path=incoming/same.csv", "drift.min_rows=50", "drift.sample_users=40", "train.epochs=10")  # fmt: skip
+    root = dvc_project(
+        tmp_path / "project",
+        tiny_encoder,
+        mlflow_uri,
+        "baselines.models=[popular]",
+        "data.path=incoming/same.csv",
+        "drift.min_rows=50",
+        "drift.sample_users=40",
+        "train.epochs=10",
+    )
     write_timed_logs(root / "incoming")
     work = tmp_path / "replay"
-    start = datetime.fromtimestamp(T0 + WEEK, tz=timezone.utc)
+    start = datetime.fromtimestamp(T0 + WEEK, tz=UTC)
     # When the replay starts after week one and steps a week at a time
     rows = replay(root, work, root / "params.yaml", [], start, timedelta(days=7), None, retrain_every=4)
     # Then it stops when the window reaches the end of the log: two steps
@@ -39,9 +48,10 @@ def test_replay_trains_checks_and_versions_each_step(tmp_path, tiny_encoder, mlf
     assert (work / "replay.md").read_text().count("\n") == 4  # header, rule, two steps
     # Each step is a git commit whose dvc.lock pins that step's data: going back to step 0 brings week one back
     assert git(work, "log", "--format=%s").splitlines() == [
-        f"replay step 1: data as of {second.window}", f"replay step 0: data as of {first.window}; retrained (first)",
+        f"replay step 1: data as of {second.window}",
+        f"replay step 0: data as of {first.window}; retrained (first)",
         "replay workspace",
-    ]  # fmt: skip
+    ]
     git(work, "checkout", "-q", "HEAD~1")
     dvc(work, "checkout")
     assert len(pd.read_parquet(work / "data" / "prepared" / "interactions.parquet")) == N_USERS * LENGTH

@@ -6,26 +6,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertrec.bundle import INDEX, load_model, save_model, training_record
-from bertrec.embed import embed_catalogue, write_embeddings
-from bertrec.index import write_index
-from bertrec.recommend import Recommender, UnknownItemError
-from bertrec.split import split_loo
-from bertrec.train import train
-from builders import cyclic_dataset
+from bertrec.data.split import split_loo
+from bertrec.errors import UnknownItemError
+from bertrec.model.bundle import INDEX, load_model, save_model, training_record
+from bertrec.model.embed import embed_catalogue, write_embeddings
+from bertrec.model.index import write_index
+from bertrec.model.train import train
+from bertrec.serve.recommender import Recommender
+
+from builders import cyclic_dataset, tiny_model
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, tiny_encoder):
     from bertrec.config import load_params
+
     from conftest import paths_under
 
     root = tmp_path_factory.mktemp("bundle")
-    params = load_params(root / "absent.yaml", [
-        *paths_under(root), f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.max_history=8",
-        "model.dropout=0.0", "train.batch_size=16", "train.lr=0.005", "train.warmup_steps=5", "train.epochs=20",
-        "eval.batch_size=32",
-    ])  # fmt: skip
+    params = load_params(
+        root / "absent.yaml",
+        [
+            *paths_under(root),
+            *tiny_model(tiny_encoder),
+            "train.epochs=20",
+        ],
+    )
     data = cyclic_dataset()
     split = split_loo(data)
     result = train(params, split, data.items, root / "work")
@@ -41,7 +47,7 @@ def test_saved_model_scores_like_the_trained_one(bundle):
     path, result, _, split = bundle
     assert result.best_valid["NDCG@10"] > 0.8  # the walk was learned
     loaded, _ = load_model(path)
-    from bertrec.evaluate import build_cases
+    from bertrec.ranking.evaluate import build_cases
 
     context = build_cases(split, "valid").context.slice(0, 8)
     assert np.allclose(loaded.score(context), result.scorer.score(context), atol=1e-4)
@@ -62,7 +68,7 @@ def test_recommend_excludes_history_and_explains_from_it(bundle):
 def test_recommend_matches_full_scoring(bundle):
     path, _, _, _ = bundle
     recommender = Recommender(path)
-    from bertrec.scoring import Histories
+    from bertrec.ranking.scoring import Histories
 
     history = ["10", "11", "12"]
     rows = recommender.to_indices(history)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from builders import LENGTH, N_USERS, T0, WEEK, dvc, dvc_project, iso, write_timed_logs
-from servers import prefect_env, prefect_server
+from builders import LENGTH, N_USERS, T0, WEEK, dvc, iso
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -25,13 +24,15 @@ MODEL = "drift-monitor-test"
 
 
 def prefect(root: Path, env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    done = subprocess.run([str(BIN / "prefect"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [str(BIN / "prefect"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout + done.stderr
 
 
-def flow_runs(env: dict[str, str], deployment: str) -> list:
-    """Flow runs of ``deployment`` (its name, e.g. "weekly") other than those its schedule created."""
+def flow_runs(env: dict[str, str], deployment: str, since: set | None = None) -> list:
+    """Flow runs of ``deployment`` (its name, e.g. "weekly") but those its schedule made and those in ``since``."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -40,11 +41,30 @@ def flow_runs(env: dict[str, str], deployment: str) -> list:
 
     async def read() -> list:
         async with get_client() as client:
-            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
-            return [run for run in runs if not run.auto_scheduled]  # the server's scheduler adds future runs
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+            )
+            # the server's scheduler adds future runs; other tests of the session's server add their own
+            return [run for run in runs if not run.auto_scheduled and run.id not in (since or set())]
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         return asyncio.run(read())
+
+
+def delete_runs(env: dict[str, str], runs: list) -> None:
+    """Delete flow runs, so that no run this test started is left for another test's worker on the shared server."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def delete() -> None:
+        async with get_client() as client:
+            for run in runs:
+                await client.delete_flow_run(run.id)
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        asyncio.run(delete())
 
 
 def monitor(root: Path, env: dict[str, str], log: str) -> dict:
@@ -55,32 +75,26 @@ def monitor(root: Path, env: dict[str, str], log: str) -> dict:
     return json.loads((root / "outputs" / "drift" / "verdict.json").read_text())
 
 
-def test_monitor_deployment_starts_training_on_drift_only(tmp_path, tiny_encoder, mlflow_uri):
-    root = dvc_project(tmp_path / "project", tiny_encoder, mlflow_uri, "baselines.models=[popular]",
-                       f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test",
-                       "data.path=incoming/same.csv", f"data.window={iso(T0 + WEEK)}", "drift.min_rows=50",
-                       "drift.sample_users=40", "train.epochs=10")  # fmt: skip
-    write_timed_logs(root / "incoming")
-    # Given a champion trained on the first week
+def test_monitor_deployment_starts_training_on_drift_only(project_copy, prefect_api, mlflow_uri):
+    # Given a champion trained on the first week (the built project, registered under this test's name)
+    root = project_copy(f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test")
     dvc(root, "repro", "register")
     client = MlflowClient(mlflow_uri, mlflow_uri)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert float(champion.tags["data.end"]) <= T0 + WEEK
 
-    with prefect_server(tmp_path) as api:
-        env = prefect_env(tmp_path, api) | {"BERTREC_PROJECT_DIR": str(root), "HF_HUB_OFFLINE": "1",
-                                            "PATH": f"{BIN}:/usr/bin:/bin"}  # fmt: skip
-        for pool in ("cpu", "gpu"):
-            prefect(root, env, "work-pool", "create", pool, "--type", "process")
-        prefect(root, env, "--no-prompt", "deploy", "--all")
+    env = prefect_api.env | {"BERTREC_PROJECT_DIR": str(root), "PATH": f"{BIN}:/usr/bin:/bin"}
+    prefect(root, env, "--no-prompt", "deploy", "--all")
+    earlier = {r.id for name in ("daily", "weekly") for r in flow_runs(env, name)}
 
+    try:
         # When the next week behaves like the first: no drift, and no training run
         calm = monitor(root, env, "same.csv")
         assert calm["status"] == "checked" and calm["drift"] is False, calm["checks"]
         assert calm["checks"]["interactions"]["drift"] is False
         assert calm["windows"]["current"]["rows"] == N_USERS * LENGTH
-        assert [r.state.type.value for r in flow_runs(env, "daily")] == ["COMPLETED"]
-        assert flow_runs(env, "weekly") == []
+        assert [r.state.type.value for r in flow_runs(env, "daily", earlier)] == ["COMPLETED"]
+        assert flow_runs(env, "weekly", earlier) == []
 
         # When every new interaction is on one genre: drift in the interactions check, and one training run
         shifted = monitor(root, env, "shifted.csv")
@@ -90,14 +104,20 @@ def test_monitor_deployment_starts_training_on_drift_only(tmp_path, tiny_encoder
         assert interactions["details"]["genre_share"]["current"]["horror"] == 1.0
         assert shifted["checks"]["predictions"]["drift"] is False  # the sampled users did nothing new
         assert shifted["checks"]["embeddings"]["details"]["skipped"].startswith("0 new items")
-        training = flow_runs(env, "weekly")
+        training = flow_runs(env, "weekly", earlier)
         assert len(training) == 1 and "drift" in training[0].tags
-        monitors = flow_runs(env, "daily")
+        monitors = flow_runs(env, "daily", earlier)
         assert sorted(r.state.type.value for r in monitors) == ["COMPLETED", "COMPLETED"]
 
+    finally:
+        delete_runs(env, [r for name in ("daily", "weekly") for r in flow_runs(env, name, earlier)])
+
     # Both checks are MLflow runs with their reports, tagged with the flow run that made them
-    runs = client.search_runs([client.get_experiment_by_name("drift-monitor-test").experiment_id],
-                              "tags.`bertrec.kind` = 'drift'", order_by=["attributes.start_time ASC"])  # fmt: skip
+    runs = client.search_runs(
+        [client.get_experiment_by_name("drift-monitor-test").experiment_id],
+        "tags.`bertrec.kind` = 'drift'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert [r.data.tags["drift"] for r in runs] == ["false", "true"]
     assert {r.data.tags["prefect.flow_run_id"] for r in runs} == {str(r.id) for r in monitors}
     reports = {a.path for a in client.list_artifacts(runs[1].info.run_id, "drift")}

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from builders import dvc_project
-from servers import background, prefect_env, prefect_server
+from servers import background
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -31,35 +31,52 @@ def prefect(root: Path, env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, tiny_encoder, mlflow_uri):
-    """Server, pools, deployments, two workers with their own checkouts; one run triggered through the API."""
-    import os
+def pipeline_run(tmp_path_factory, built_project, tiny_encoder, mlflow_uri, prefect_api):
+    """Deployments, two workers with their own checkouts; one run triggered through the API.
 
+    The pipeline's checkout is a copy of the session's built project (every stage up to date), so
+    the run's override of train.lr reruns train and what follows it; the gpu worker's checkout is
+    bare (code, no data) and shares only the DVC remote with it.
+    """
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+    from conftest import copy_project
+
     base = tmp_path_factory.mktemp("prefect")
-    remote = base / "dvc-remote"
-    sets = (f"mlflow.registered_model={MODEL}", "baselines.models=[popular]")
-    project = dvc_project(base / "project", tiny_encoder, mlflow_uri, *sets, remote=remote)
-    gpu_checkout = dvc_project(base / "gpu-worker", tiny_encoder, mlflow_uri, *sets, remote=remote)
-    with prefect_server(base) as api:
-        env = os.environ | prefect_env(base, api) | {"HF_HUB_OFFLINE": "1"}
-        for pool in ("cpu", "gpu"):
-            prefect(project, env, "work-pool", "create", pool, "--type", "process")
-        prefect(project, env, "--no-prompt", "deploy", "--all")
-        with (background([str(BIN / "prefect"), "worker", "start", "--pool", "cpu"], base / "worker-cpu.log",
-                         project, env | {"BERTREC_PROJECT_DIR": str(project)}),
-              background([str(BIN / "prefect"), "worker", "start", "--pool", "gpu"], base / "worker-gpu.log",
-                         gpu_checkout, env | {"BERTREC_PROJECT_DIR": str(gpu_checkout)})):  # fmt: skip
-            with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: base / "prefect-home"}):
-                run = run_deployment("training-pipeline/weekly", timeout=900, parameters={
-                    "overrides": {"train": {"lr": 0.004}}, "gpu_deployment": "train-stage/gpu",
-                })  # fmt: skip
-                yield run, api, project, gpu_checkout, base
+    project = copy_project(built_project, base / "project", f"mlflow.registered_model={MODEL}")
+    remote = project / ".cache" / "dvc-remote"
+    gpu_checkout = dvc_project(base / "gpu-worker", tiny_encoder, mlflow_uri, remote=remote)
+    lock_before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    env = prefect_api.env
+    prefect(project, env, "--no-prompt", "deploy", "--all")
+    with (
+        background(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"],
+            base / "worker-cpu.log",
+            project,
+            env | {"BERTREC_PROJECT_DIR": str(project)},
+        ),
+        background(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "gpu"],
+            base / "worker-gpu.log",
+            gpu_checkout,
+            env | {"BERTREC_PROJECT_DIR": str(gpu_checkout)},
+        ),
+    ):
+        with temporary_settings({PREFECT_API_URL: prefect_api.api, PREFECT_HOME: prefect_api.home}):
+            run = run_deployment(
+                "training-pipeline/weekly",
+                timeout=900,
+                parameters={
+                    "overrides": {"train": {"lr": 0.004}},
+                    "gpu_deployment": "train-stage/gpu",
+                },
+            )
+            yield run, prefect_api, project, gpu_checkout, base, lock_before
 
 
-def _read(api: str, base: Path, reader):
+def _read(server, reader):
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -69,12 +86,12 @@ def _read(api: str, base: Path, reader):
         async with get_client() as client:
             return await reader(client)
 
-    with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: base / "prefect-home"}):
+    with temporary_settings({PREFECT_API_URL: server.api, PREFECT_HOME: server.home}):
         return asyncio.run(go())
 
 
 def test_triggered_run_completes_and_records_its_override_in_mlflow(pipeline_run, mlflow_uri):
-    run, api, project, _, base = pipeline_run
+    run, server, project, _, base, _ = pipeline_run
     logs = (base / "worker-cpu.log").read_text()[-3000:]
     assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{logs}"
     # The override reached params.yaml, dvc.lock and the MLflow run, with the flow run's identity
@@ -87,27 +104,41 @@ def test_triggered_run_completes_and_records_its_override_in_mlflow(pipeline_run
     # The artifacts: a summary with the decision and a link to the MLflow run
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    artifacts = _read(api, base, lambda c: c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))))
+    artifacts = _read(
+        server, lambda c: c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    )
     by_key = {a.key: a for a in artifacts}
     assert {"training-summary", "mlflow-run"} <= set(by_key)
     summary = by_key["training-summary"].data
     assert f"{MODEL} version {record['version']}" in summary and record["reason"] in summary
     assert "loo/test/NDCG@10" in summary and record["run_id"] in by_key["mlflow-run"].data
+    # Only what the override touches ran: train (on the gpu pool) and what follows it
+    ran = next(line for line in summary.splitlines() if line.startswith("Stages run: "))
+    assert ran.removeprefix("Stages run: ").split(", ")[-5:] == ["train", "embed", "index", "evaluate", "register"]
+    assert not {"prepare", "split", "baselines"} & set(ran.removeprefix("Stages run: ").split(", "))
 
 
 def test_train_stage_ran_on_the_gpu_pool_through_the_dvc_remote(pipeline_run):
-    run, api, project, gpu_checkout, base = pipeline_run
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    run, server, project, gpu_checkout, base, lock_before = pipeline_run
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
 
-    runs = _read(api, base, lambda c: c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["gpu"]))))
+    # The pipeline's flow run started exactly one run of the gpu deployment, which a gpu worker ran
+    tasks = _read(server, lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})))
+    runs = _read(
+        server,
+        lambda c: c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks]))
+        ),
+    )
     assert len(runs) == 1 and runs[0].state.is_completed() and runs[0].work_pool_name == "gpu"
-    assert runs[0].parent_task_run_id is not None  # started from the pipeline's flow run
     # The model was trained in the gpu worker's checkout and reached the pipeline's through the remote
     trained = gpu_checkout / "outputs" / "bundle" / "model" / "weights.safetensors"
     pulled = project / "outputs" / "bundle" / "model" / "weights.safetensors"
     assert trained.read_bytes() == pulled.read_bytes()
     assert not (gpu_checkout / "outputs" / "bundle" / "embeddings").exists()  # only the train stage ran there
     assert (project / "outputs" / "bundle" / "index").exists()  # the later stages ran in the pipeline's checkout
-    # and the pipeline adopted the train stage's entry of dvc.lock as the gpu worker wrote it
+    # and the pipeline adopted the train stage's entry of dvc.lock as the gpu worker wrote it, while
+    # the stages after train are the pipeline's own: the worker's lock still has the ones it was sent
     parent, child = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (project, gpu_checkout))
-    assert parent["train"] == child["train"] and "register" in parent and "register" not in child
+    assert parent["train"] == child["train"] != lock_before["train"]
+    assert child["register"] == lock_before["register"] != parent["register"]

@@ -14,14 +14,15 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-
 from typer.testing import CliRunner
 
 from bertrec.cli import app
 from bertrec.config import load_params
-from bertrec.recommend import Recommender
-from bertrec.register import register
-from bertrec.registry import CHALLENGER, CHAMPION, PREVIOUS, alias_version, versions
+from bertrec.errors import RegistryError
+from bertrec.mlops.registry import CHALLENGER, CHAMPION, PREVIOUS, alias_version, versions
+from bertrec.serve.recommender import Recommender
+from bertrec.steps.register import run as register
+
 from builders import project_args, run_steps
 from servers import free_port, serving
 
@@ -47,8 +48,12 @@ def project(tmp_path_factory, tiny_encoder, mlflow_uri):
     base = project_args(root, tiny_encoder, f"mlflow.tracking_uri={mlflow_uri}", "baselines.models=[popular]")
     run_steps(base, ("prepare", "split", "baselines"))
     bundles = {}
-    for label, sets in {"weak": ["train.epochs=1"], "medium": ["train.epochs=3"], "strong": ["train.epochs=10"],
-                        "strong-seed7": ["train.epochs=10", "train.seed=7"]}.items():  # fmt: skip
+    for label, sets in {
+        "weak": ["train.epochs=1"],
+        "medium": ["train.epochs=3"],
+        "strong": ["train.epochs=10"],
+        "strong-seed7": ["train.epochs=10", "train.seed=7"],
+    }.items():
         outputs, metrics = root / f"outputs-{label}", root / f"metrics-{label}"
         metrics.mkdir()
         shutil.copy(root / "metrics" / "baselines.json", metrics)
@@ -67,6 +72,7 @@ def aliases(p) -> dict[str, str | None]:
 def test_lifecycle_promote_keep_replace_rollback(project):
     _, bundles, uri = project
     name = "lifecycle"
+
     def cli(label: str, step: str = "register") -> str:
         return run_steps([*bundles[label], "--set", f"mlflow.registered_model={name}"], (step,))[step]
 
@@ -96,8 +102,10 @@ def test_lifecycle_promote_keep_replace_rollback(project):
     assert aliases(p) == {CHAMPION: "1", CHALLENGER: "3", PREVIOUS: None}
     assert "| 1 | champion |" in cli("strong", "registry status")
     # With no previous version left, a second rollback is refused and changes nothing
-    refused = CliRunner().invoke(app, ["registry", "rollback", *bundles["strong"], "--set", f"mlflow.registered_model={name}"])
-    assert refused.exit_code == 1 and "no `previous` version" in refused.output
+    refused = CliRunner().invoke(
+        app, ["registry", "rollback", *bundles["strong"], "--set", f"mlflow.registered_model={name}"]
+    )
+    assert refused.exit_code == RegistryError.exit_code and "no `previous` version" in refused.output
     assert aliases(p)[CHAMPION] == "1"
 
 
@@ -110,16 +118,25 @@ def test_run_is_tracked_with_params_metrics_curves_plots_and_lineage(project):
     assert run.data.params["train.epochs"] == "3" and run.data.params["model.dim"] == "16"
     assert run.data.params["mlflow.tracking_uri"] == uri
     metrics = run.data.metrics
-    for key in ("loo/test/NDCG_at_10", "loo/test/Coverage_at_20", "loo/valid/TailHit_at_10",
-                "baselines/popular/loo/test/NDCG_at_10", "baselines/popular/cold_items/test_new/Hit_at_10",
-                "gate/cold_items/test_all/Hit_at_10"):  # fmt: skip
+    for key in (
+        "loo/test/NDCG_at_10",
+        "loo/test/Coverage_at_20",
+        "loo/valid/TailHit_at_10",
+        "baselines/popular/loo/test/NDCG_at_10",
+        "baselines/popular/cold_items/test_new/Hit_at_10",
+        "gate/cold_items/test_all/Hit_at_10",
+    ):
         assert key in metrics, key
     curve = client.get_metric_history(result.run_id, "valid/NDCG_at_10")
     assert sorted(m.step for m in curve) == [1, 2, 3]
     tags = run.data.tags
     assert tags["origin"] == "test" and tags["model.encoder"] == p.model.encoder and len(tags["data.sha256"]) == 64
     assert tags["git.commit"] and tags["registry.version"] == result.version
-    files = {f.path for folder in ("plots", "metrics", "topk/evaluate/loo") for f in client.list_artifacts(result.run_id, folder)}
+    files = {
+        f.path
+        for folder in ("plots", "metrics", "topk/evaluate/loo")
+        for f in client.list_artifacts(result.run_id, folder)
+    }
     assert {"plots/ndcg_at_k.png", "plots/popularity.png", "plots/training_curve.png"} <= files
     assert {"metrics/evaluate.json", "metrics/baselines.json", "metrics/training.json"} <= files
     assert "topk/evaluate/loo/bertrec.test.parquet" in files
@@ -140,7 +157,11 @@ def test_pyfunc_champion_predicts_like_the_recommender(project):
     got = model.predict(frame, params={"k": 5})
     expected = recommender.recommend_batch([HISTORY, ["10", "11"], recommender.history_of("3")], 5)
     assert [list(r) for r in got["item_ids"]] == [[x.item_id for x in row] for row in expected]
-    assert all(abs(a - b.score) < 1e-5 for r, row in zip(got["scores"], expected) for a, b in zip(r, row))
+    assert all(
+        abs(a - b.score) < 1e-5
+        for r, row in zip(got["scores"], expected, strict=True)
+        for a, b in zip(r, row, strict=True)
+    )
     kept = model.predict(pd.DataFrame({"history": [HISTORY]}), params={"k": 3, "exclude_history": False})
     assert [list(r) for r in kept["item_ids"]] == [[x.item_id for x in recommender.recommend(HISTORY, 3, False)]]
 
@@ -150,11 +171,20 @@ def test_served_champion_answers_invocations(project):
     args = bundles["strong"]
     register(params_of(args, "served"))
     port = free_port()
-    command = [str(Path(sys.executable).parent / "bertrec"), "serve", *args, "--set", "mlflow.registered_model=served",
-               "--port", str(port)]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "bertrec"),
+        "serve",
+        *args,
+        "--set",
+        "mlflow.registered_model=served",
+        "--port",
+        str(port),
+    ]
     with serving(command, f"http://127.0.0.1:{port}/ping", root / "serve.log"):
         body = json.dumps({"dataframe_records": [{"history": HISTORY}], "params": {"k": 4}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
     expected = [x.item_id for x in Recommender(root / "outputs-strong" / "bundle").recommend(HISTORY, 4)]
@@ -166,7 +196,7 @@ def _register_in_subprocess(args: list[str], model: str, die_at: str | None = No
     code = (
         "import os, signal, sys\n"
         "from bertrec.config import load_params\n"
-        "from bertrec.register import register\n"
+        "from bertrec.steps.register import run as register\n"
         f"p = load_params({args[1]!r}, {[*overrides(args), f'mlflow.registered_model={model}']!r})\n"
         f"def checkpoint(stage):\n"
         f"    if stage == {die_at!r}:\n"
@@ -174,8 +204,13 @@ def _register_in_subprocess(args: list[str], model: str, die_at: str | None = No
         "r = register(p, checkpoint=checkpoint)\n"
         "print('RESULT', r.version, r.decision.promote if r.decision else None)\n"
     )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
 
 
 @pytest.mark.parametrize("die_at", ["uploaded", "decided"])
@@ -220,8 +255,8 @@ def test_two_runs_finishing_together_leave_one_consistent_champion(project):
         assert final[PREVIOUS] == "1"
 
 
-def test_promote_and_rollback_flows_drive_the_registry(project, tmp_path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
+def test_promote_and_rollback_flows_drive_the_registry(project, tmp_path, monkeypatch, prefect_api):
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     from bertrec.config import apply_overrides
     from flows.registry import promote, rollback
@@ -234,7 +269,7 @@ def test_promote_and_rollback_flows_drive_the_registry(project, tmp_path, monkey
     apply_overrides(tmp_path / "params.yaml", [*overrides(bundles["weak"]), f"mlflow.registered_model={model}"])
     p = params_of(bundles["weak"], model)
     monkeypatch.chdir(tmp_path)  # the flows run in the project folder
-    with prefect_test_harness(server_startup_timeout=120):
+    with temporary_settings({PREFECT_API_URL: prefect_api.api, PREFECT_HOME: prefect_api.home}):  # a real server
         # When the weaker version is put through the gate by hand, it is refused with the numbers
         refused = promote(version="2", project_dir=str(tmp_path))
         assert not refused["promote"] and "improvement failed" in refused["reason"]
@@ -246,3 +281,35 @@ def test_promote_and_rollback_flows_drive_the_registry(project, tmp_path, monkey
         # And the rollback flow moves champion back
         assert rollback(project_dir=str(tmp_path)) == {"from": "2", "to": "1"}
     assert aliases(p)[CHAMPION] == "1"
+
+
+def test_a_version_pickled_before_the_layout_move_still_loads(project, monkeypatch):
+    """Versions registered before bertrec.serve existed pickled their model as `bertrec.serving.BundleModel`."""
+    import bertrec.serving
+    from bertrec.mlops import registry
+    from bertrec.serve import pyfunc
+
+    root, bundles, uri = project
+    p = params_of(bundles["strong"], "pickled-before-the-move")
+
+    # Given a version whose pickled python model names the old module path, as those versions' do
+    class OldPath(pyfunc.BundleModel):
+        pass
+
+    OldPath.__module__, OldPath.__qualname__ = "bertrec.serving", "BundleModel"
+    with monkeypatch.context() as patch:
+        patch.setattr(bertrec.serving, "BundleModel", OldPath)  # cloudpickle then pickles it by that name
+        patch.setattr(registry, "BundleModel", OldPath)
+        version = register(p).version
+    client = MlflowClient(uri)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/pickled-before-the-move/{version}", tracking_uri=uri))
+    pickled = (folder / "python_model.pkl").read_bytes()
+    assert b"bertrec.serving" in pickled and b"bertrec.serve.pyfunc" not in pickled
+    assert client.get_model_version("pickled-before-the-move", version).status == "READY"
+    # When it is loaded with today's package, the old path resolves and it predicts as the recommender does
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/pickled-before-the-move/{version}")
+    assert type(model.unwrap_python_model()) is pyfunc.BundleModel
+    got = model.predict(pd.DataFrame({"history": [HISTORY]}), params={"k": 5})
+    expected = Recommender(root / "outputs-strong" / "bundle").recommend(HISTORY, 5)
+    assert list(got["item_ids"][0]) == [x.item_id for x in expected]

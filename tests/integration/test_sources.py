@@ -9,12 +9,12 @@ import shutil
 import socket
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
+
+from bertrec.data.sources import fetch_ml100k
+from bertrec.errors import DataError
 from bertrec.io import md5_file
-from bertrec.sources import fetch_ml100k
-from bertrec.tables import DataError
 
 from builders import write_ml100k
 

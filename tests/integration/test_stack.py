@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bertrec.mlops.stack import live_members
+
 from builders import dvc_project
 from servers import free_port
 
@@ -33,27 +35,54 @@ def answers(url: str) -> bool:
 
 def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
     root = dvc_project(tmp_path / "project", tiny_encoder, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # The server's scheduler visits deployments every second here (default: 60 s, and 5 s for new ones),
+    # so the scheduled runs of the weekly cron exist moments after `stack up`, however busy the machine.
+    env = os.environ | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
+    }
     ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
     try:
         out = bertrec(root, env, "stack", "up", *ports)
         prefect_ui, mlflow_ui = (line.split()[2] for line in out.splitlines()[:2])
         assert answers(f"{prefect_ui}/api/health") and answers(f"{mlflow_ui}/health")
         api = prefect_ui + "/api"
-        listed = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=env | {"PREFECT_API_URL": api},
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
-        for name in ("training-pipeline/weekly", "drift-monitor/daily", "train-stage/gpu", "promote/manual", "rollback/rollback"):
+        listed = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "ls"],
+            env=env | {"PREFECT_API_URL": api},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for name in (
+            "training-pipeline/weekly",
+            "drift-monitor/daily",
+            "train-stage/gpu",
+            "promote/manual",
+            "rollback/rollback",
+        ):
             assert name in listed, listed
-        pools = subprocess.run([str(BIN / "prefect"), "work-pool", "ls"], env=env | {"PREFECT_API_URL": api},
-                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        pools = subprocess.run(
+            [str(BIN / "prefect"), "work-pool", "ls"],
+            env=env | {"PREFECT_API_URL": api},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert " cpu " in pools and " gpu " in pools
         # the server's scheduler turns the weekly cron into scheduled flow runs (the ephemeral server never does)
         assert scheduled_runs(api, tmp_path, "weekly") >= 1
         assert "Prefect UI" in bertrec(root, env, "stack", "up", *ports)  # idempotent: finds it running
     finally:
+        groups = {f.stem: int(f.read_text()) for f in (root / ".cache" / "stack").glob("*.pid")}
         stopped = bertrec(root, env, "stack", "down")
-    assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= set(stopped.strip().split(": ")[1].split(", "))
-    assert not answers(f"{prefect_ui}/api/health")
+    # `down` returns once every process it started has exited, children included (SIGKILL after a grace period)
+    names = {entry.split(" (")[0] for entry in stopped.strip().split(": ", 1)[1].split(", ")}
+    assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= names == set(groups)
+    assert not answers(f"{prefect_ui}/api/health") and not answers(f"{mlflow_ui}/health")
+    assert all(live_members(group) == [] for group in groups.values()), groups
 
 
 def scheduled_runs(api: str, tmp_path: Path, deployment: str, timeout: float = 120.0) -> int:
@@ -62,7 +91,12 @@ def scheduled_runs(api: str, tmp_path: Path, deployment: str, timeout: float = 1
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 

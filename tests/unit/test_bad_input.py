@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bertrec.data import prepare
-from bertrec.tables import DataError
+from bertrec.errors import DataError
+from bertrec.steps import prepare as prepare_step
 
 GOOD_LOG = "user_id,item_id,rating,timestamp\n1,10,4,100\n1,20,5,200\n2,10,3,150\n2,30,2,160\n"
 GOOD_ITEMS = "item_id,title,year,genres\n10,Heat,1995,Action|Crime\n20,Up,2009,Animation\n30,Alien,1979,Horror\n"
@@ -27,7 +27,9 @@ def table_project(make_params, tmp_path):
     items.write_text(GOOD_ITEMS)
 
     def run(*overrides: str):
-        return prepare(make_params("data.source=table", f"data.path={log}", f"data.items_path={items}", *overrides))
+        return prepare_step.run(
+            make_params("data.source=table", f"data.path={log}", f"data.items_path={items}", *overrides)
+        ).manifest
 
     run()
     before = snapshot(tmp_path / "prepared")
@@ -125,7 +127,9 @@ def test_duplicates_fail_policy_names_the_later_row(table_project):
     log, _, run, unchanged = table_project
     log.write_text(GOOD_LOG + "1,10,1,50\n")
     # the row at line 6 is earlier (t=50), so the later one at line 2 is the duplicate
-    expect_error(run, f"{log}:2: column 'item_id' is '10'", "each (user, item) pair once", overrides=("data.duplicates=fail",))
+    expect_error(
+        run, f"{log}:2: column 'item_id' is '10'", "each (user, item) pair once", overrides=("data.duplicates=fail",)
+    )
     assert unchanged()
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from bertrec.baselines import ItemKNN, Popular, TextZeroShot, knn_similarity
-from bertrec.scoring import Histories, TrainSet
+from bertrec.ranking.baselines import ItemKNN, Popular, TextZeroShot, knn_similarity
+from bertrec.ranking.scoring import Histories, TrainSet
 
 
 def random_train(seed: int, n_users: int = 30, n_items: int = 25, per_user: int = 6) -> TrainSet:

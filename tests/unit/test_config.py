@@ -7,7 +7,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from bertrec.config import ConfigError, Params, load_params, parse_override
+from bertrec.config import Params, load_params, parse_override
+from bertrec.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

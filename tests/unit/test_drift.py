@@ -1,4 +1,4 @@
-"""bertrec.drift on synthetic, seeded data: planted shifts are found, equal distributions are not,
+"""bertrec.mlops.drift.checks on synthetic, seeded data: planted shifts are found, equal distributions are not,
 and Evidently's recsys metrics agree with ours exactly where the definitions say they should."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from bertrec.config import DriftParams
-from bertrec.drift import (
+from bertrec.mlops.drift.checks import (
     DriftCheck,
     Verdict,
     check_embeddings,
@@ -24,8 +24,8 @@ from bertrec.drift import (
     prediction_features,
     write_verdict,
 )
-from bertrec.drift_recsys import compare_recsys, evidently_recsys
-from bertrec.metrics import Reference, compute_metrics
+from bertrec.mlops.drift.recsys import compare_recsys, evidently_recsys
+from bertrec.ranking.metrics import Reference, compute_metrics
 
 PARAMS = DriftParams()
 N_USERS, N_ITEMS = 400, 300
@@ -60,12 +60,14 @@ def window(seed: int, n: int = 2500, peak_hour: float = 20.0) -> pd.DataFrame:
     """Interactions of one four-week window; users, items, hours and ratings drawn independently."""
     rng = np.random.default_rng(seed)
     hours = rng.normal(peak_hour, 2.5, n) % 24
-    return pd.DataFrame({
-        "user_id": rng.choice(N_USERS, n, p=USER_P),
-        "item_id": rng.choice(N_ITEMS, n, p=ITEM_P),
-        "timestamp": START + rng.integers(0, 28, n) * DAY + (hours * 3600).astype(np.int64),
-        "rating": rng.integers(1, 6, n),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "user_id": rng.choice(N_USERS, n, p=USER_P),
+            "item_id": rng.choice(N_ITEMS, n, p=ITEM_P),
+            "timestamp": START + rng.integers(0, 28, n) * DAY + (hours * 3600).astype(np.int64),
+            "rating": rng.integers(1, 6, n),
+        }
+    )
 
 
 def drifted(check: DriftCheck) -> set[str]:
@@ -77,8 +79,14 @@ def drifted(check: DriftCheck) -> set[str]:
 
 def test_interaction_features_count_within_the_window_and_read_every_genre_form():
     # Given four interactions, one of them with an item missing from the items table
-    interactions = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10, 11, 10, 99],
-                                 "timestamp": [0, 3600 * 5 + 59, DAY + 3600 * 23, 7200], "rating": [5, 4, 3, 1]})  # fmt: skip
+    interactions = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 2],
+            "item_id": [10, 11, 10, 99],
+            "timestamp": [0, 3600 * 5 + 59, DAY + 3600 * 23, 7200],
+            "rating": [5, 4, 3, 1],
+        }
+    )
     items = pd.DataFrame({"item_id": [10, 11, 12], "genres": [["Drama", "War"], " Comedy , Drama", ""]})
     # When the features are made
     features = interaction_features(interactions, items)
@@ -88,7 +96,9 @@ def test_interaction_features_count_within_the_window_and_read_every_genre_form(
     assert features["hour"].tolist() == [0, 5, 23, 2]
     assert features["genre"].tolist() == ["Drama", "Comedy", "Drama", "unknown"]
     assert features["rating"].tolist() == [5.0, 4.0, 3.0, 1.0]
-    pipes = interaction_features(interactions.drop(columns="rating"), items.assign(item_id=[10, 11, 99], genres=["Drama|War", "Comedy", None]))
+    pipes = interaction_features(
+        interactions.drop(columns="rating"), items.assign(item_id=[10, 11, 99], genres=["Drama|War", "Comedy", None])
+    )
     assert "rating" not in pipes and pipes["genre"].tolist() == ["Drama", "Comedy", "Drama", "unknown"]
 
 
@@ -126,8 +136,9 @@ def genre_check() -> DriftCheck:
 @pytest.fixture(scope="module")
 def hour_check() -> DriftCheck:
     reference = window(1)
-    return check_interactions(reference, reference.assign(timestamp=reference["timestamp"] + 12 * 3600),
-                              items_table(), PARAMS)  # fmt: skip
+    return check_interactions(
+        reference, reference.assign(timestamp=reference["timestamp"] + 12 * 3600), items_table(), PARAMS
+    )
 
 
 def test_a_genre_multiplied_fourfold_is_drift_in_genre_and_the_counts(genre_check):
@@ -324,13 +335,17 @@ def test_evidently_differs_from_ours_exactly_as_documented():
     topk, positives, train, n_items = recsys_case(2, cold=True)
     mine, theirs = ours(topk, positives, train, n_items), evidently_recsys(topk, positives, train, K)
     # Then accuracy still agrees, and each beyond-accuracy metric is Evidently's definition on our data
-    assert compare_recsys(mine, theirs, PARAMS.recsys_tolerance) == [f"{m}@{K}" for m in ("ARP", "Coverage", "Gini", "Novelty")]  # fmt: skip
+    assert compare_recsys(mine, theirs, PARAMS.recsys_tolerance) == [
+        f"{m}@{K}" for m in ("ARP", "Coverage", "Gini", "Novelty")
+    ]
     for name, value in evidently_way(topk, train).items():
         assert theirs[name] == pytest.approx(value, abs=1e-12), name
 
 
 def test_compare_recsys_names_only_shared_metrics_beyond_the_tolerance():
-    assert compare_recsys({"A@1": 1.0, "B@1": 2.0, "C@1": 0.0}, {"A@1": 1.0 + 1e-9, "B@1": 2.1, "D@1": 5.0}, 1e-6) == ["B@1"]
+    assert compare_recsys({"A@1": 1.0, "B@1": 2.0, "C@1": 0.0}, {"A@1": 1.0 + 1e-9, "B@1": 2.1, "D@1": 5.0}, 1e-6) == [
+        "B@1"
+    ]
     assert compare_recsys({"A@1": float("nan")}, {"A@1": float("nan")}, 1e-6) == ["A@1"]
 
 
@@ -348,8 +363,12 @@ def test_write_verdict_writes_each_report_and_a_matching_json(tmp_path, hour_che
     path = write_verdict(verdict, folder)
     # Then the folder holds Evidently's HTML per check and a JSON with every check's numbers
     assert path == folder / "verdict.json"
-    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.html", "interactions.html", "predictions.html",
-                                                        "verdict.json"]  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "embeddings.html",
+        "interactions.html",
+        "predictions.html",
+        "verdict.json",
+    ]
     for check in verdict.checks:
         assert "<html" in (folder / f"{check.name}.html").read_text(encoding="utf-8")[:2000].lower()
     written = json.loads(path.read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bertrec.config import DEFAULT_ENCODER
-from bertrec.encoder import TextEncoder, mean_pool, resolve_encoder
+from bertrec.model.encoder import TextEncoder, mean_pool, resolve_encoder
 
 
 def test_mean_pool_ignores_padding():
@@ -39,10 +39,12 @@ def test_packaged_minilm_gives_meaningful_vectors():
     encoder = TextEncoder.load(DEFAULT_ENCODER)
     assert next(encoder.model.parameters()).dtype == torch.float32
     v = encoder.encode(
-        ["Toy Story (1995). Genres: Animation, Children's, Comedy.",
-         "Aladdin (1992). Genres: Animation, Children's, Comedy, Musical.",
-         "Platoon (1986). Genres: Drama, War."],
+        [
+            "Toy Story (1995). Genres: Animation, Children's, Comedy.",
+            "Aladdin (1992). Genres: Animation, Children's, Comedy, Musical.",
+            "Platoon (1986). Genres: Drama, War.",
+        ],
         progress=False,
-    )  # fmt: skip
+    )
     assert v.shape == (3, 384)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.1

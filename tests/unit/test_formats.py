@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bertrec.data import load_dataset, prepare
-from bertrec.tables import DataError
-from builders import write_ml100k, write_ml1m, write_ml_latest, write_recbole
+from bertrec.data.dataset import load_dataset
+from bertrec.errors import DataError
+from bertrec.steps import prepare as prepare_step
+
+from builders import write_ml1m, write_ml100k, write_ml_latest, write_recbole
 
 
 def test_ml100k_raw_layout(make_params, tmp_path):
     # Given GroupLens ml-100k files (latin-1 titles, genre flags, one item without a date)
     folder = write_ml100k(tmp_path / "ml-100k")
     # When it is prepared as the default source from a local path
-    manifest = prepare(make_params(f"data.path={folder}"))
+    manifest = prepare_step.run(make_params(f"data.path={folder}")).manifest
     data = load_dataset(tmp_path / "prepared")
     # Then titles, years, genres and the text template come out, and the log is ordered per user by time
     assert data.items["text"].tolist() == [
@@ -35,7 +36,7 @@ def test_window_keeps_interactions_up_to_the_cut_off(make_params, tmp_path):
     # Given the ml-100k files, whose interactions happen at epoch seconds 50, 70, 70 and 100
     folder = write_ml100k(tmp_path / "ml-100k")
     # When the data is prepared as of second 70 (a time without a zone is UTC)
-    manifest = prepare(make_params(f"data.path={folder}", "data.window=1970-01-01T00:01:10"))
+    manifest = prepare_step.run(make_params(f"data.path={folder}", "data.window=1970-01-01T00:01:10")).manifest
     # Then the later interaction is selected out, counted apart from drops, and the window recorded
     data = load_dataset(tmp_path / "prepared")
     assert data.interactions["timestamp"].max() == 70 and len(data.interactions) == 3
@@ -43,14 +44,14 @@ def test_window_keeps_interactions_up_to_the_cut_off(make_params, tmp_path):
     assert manifest["window"] == "1970-01-01T00:01:10"
     # And a window before every interaction is an error that names it
     with pytest.raises(DataError, match="4 after data.window=1970-01-01 00:00:10"):
-        prepare(make_params(f"data.path={folder}", "data.window=1970-01-01T00:00:10"))
+        prepare_step.run(make_params(f"data.path={folder}", "data.window=1970-01-01T00:00:10"))
 
 
 def test_ml1m_dat_layout(make_params, tmp_path):
     # Given ml-1m style files ('::', latin-1)
     folder = write_ml1m(tmp_path / "ml-1m")
     # When prepared as a MovieLens source
-    prepare(make_params("data.source=movielens", f"data.path={folder}"))
+    prepare_step.run(make_params("data.source=movielens", f"data.path={folder}"))
     data = load_dataset(tmp_path / "prepared")
     # Then the accented title decodes and genres are listed
     assert data.items["text"].tolist() == [
@@ -71,7 +72,7 @@ def test_ml_latest_csv_layout_with_tags(make_params, tmp_path):
     params = make_params(
         "data.source=movielens", f"data.path={archive}", "data.text_template='{title} ({year}). Tags: {tags}.'"
     )
-    prepare(params)
+    prepare_step.run(params)
     data = load_dataset(tmp_path / "prepared")
     # Then the archive is extracted under paths.raw, tags are ranked by frequency, quoted titles survive
     assert (tmp_path / "raw" / "ml-latest-small" / "ml-latest-small" / "ratings.csv").exists()
@@ -85,11 +86,13 @@ def test_recbole_atomic_files(make_params, tmp_path):
     # Given RecBole atomic files with typed headers
     folder = write_recbole(tmp_path / "toy")
     # When prepared with a field mapping
-    prepare(
+    prepare_step.run(
         make_params(
-            "data.source=recbole", f"data.path={folder}",
-            "data.item_fields={title: movie_title, year: release_year, genres: class}", "data.list_sep=' '",
-        )  # fmt: skip
+            "data.source=recbole",
+            f"data.path={folder}",
+            "data.item_fields={title: movie_title, year: release_year, genres: class}",
+            "data.list_sep=' '",
+        )
     )
     data = load_dataset(tmp_path / "prepared")
     # Then token_seq genres become a list in the text; string ids sort lexicographically
@@ -113,13 +116,15 @@ def test_generic_table(make_params, tmp_path, fmt):
         log.to_parquet(inter_path)
         items.to_parquet(items_path)
     # When it is prepared with a column mapping and a template
-    manifest = prepare(
+    manifest = prepare_step.run(
         make_params(
-            "data.source=table", f"data.path={inter_path}", f"data.items_path={items_path}",
+            "data.source=table",
+            f"data.path={inter_path}",
+            f"data.items_path={items_path}",
             "data.columns={user: who, item: what, time: when, item_id: sku}",
             "data.text_template='{name} ({kind})'",
-        )  # fmt: skip
-    )
+        )
+    ).manifest
     data = load_dataset(tmp_path / "prepared")
     # Then timestamps are parsed, rows ordered by time, text built, and the manifest hashes the inputs
     assert data.interactions["item_id"].tolist() == ["8", "7", "7"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertrec.index import build_index, choose_factory, exact_top, measure_recall, read_index, write_index
+from bertrec.model.index import build_index, choose_factory, exact_top, measure_recall, read_index, write_index
 
 
 def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""bertrec.metrics against a slow reference written straight from shared/PROTOCOL.md, and by hand."""
+"""bertrec.ranking.metrics against a slow reference written straight from shared/PROTOCOL.md, and by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bertrec.metrics import METRICS, Reference, compute_metrics, gini, head_items, metric_key
+from bertrec.ranking.metrics import METRICS, Reference, compute_metrics, gini, head_items, metric_key
 
 KS = (1, 5, 10)
 
@@ -20,7 +20,7 @@ def slow_reference(train_users: list[int], train_items: list[int], n_items: int)
     """Popularity, user shares and tail, one item at a time."""
     popularity = [0] * n_items
     users_of: list[set[int]] = [set() for _ in range(n_items)]
-    for u, i in zip(train_users, train_items):
+    for u, i in zip(train_users, train_items, strict=True):
         popularity[i] += 1
         users_of[i].add(u)
     n_train_users = max(1, len(set(train_users)))
@@ -50,7 +50,7 @@ def slow_metrics(topk, positives: list[set[int]], ref: dict, k: int, catalogue: 
     per_user: dict[str, list[float]] = {name: [] for name in METRICS if name not in ("Coverage", "Gini", "TailHit")}
     tail_hits: list[float] = []
     counts = {i: 0 for i in catalogue}
-    for row, pos in zip(topk, positives):
+    for row, pos in zip(topk, positives, strict=True):
         items = [int(i) for i in row[:k]]
         real = [i for i in items if i >= 0]
         ranks = [r for r, i in enumerate(items, start=1) if i in pos]

@@ -5,14 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertrec.model import TowerConfig, TwoTower, attention_mask
+from bertrec.model.towers import TowerConfig, TwoTower, attention_mask
 
 
 def config(**kw) -> TowerConfig:
     base = {
-        "n_items": 12, "text_dim": 8, "dim": 16, "item_repr": "hybrid", "user_encoder": "sequence",
-        "max_history": 6, "layers": 1, "heads": 2, "dropout": 0.0, "temperature": 0.1,
-    }  # fmt: skip
+        "n_items": 12,
+        "text_dim": 8,
+        "dim": 16,
+        "item_repr": "hybrid",
+        "user_encoder": "sequence",
+        "max_history": 6,
+        "layers": 1,
+        "heads": 2,
+        "dropout": 0.0,
+        "temperature": 0.1,
+    }
     return TowerConfig(**(base | kw))
 
 

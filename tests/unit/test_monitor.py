@@ -1,14 +1,16 @@
-"""The pure parts of `bertrec drift` (bertrec.monitor) and `bertrec replay` (bertrec.replay)."""
+"""The pure parts of `bertrec drift` (bertrec.mlops.drift.monitor) and `bertrec replay` (bertrec.mlops.replay)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from bertrec.config import ConfigError, apply_overrides, load_params
-from bertrec.monitor import champion_end, summary_metrics, verdict_table, windows_of
-from bertrec.replay import Step, markdown
-from bertrec.text import normalise_lists
+from bertrec.config import apply_overrides, load_params
+from bertrec.data.text import normalise_lists
+from bertrec.errors import ConfigError
+from bertrec.mlops.drift.monitor import champion_end, summary_metrics, windows_of
+from bertrec.mlops.replay import CHECK_NAMES, Step
+from bertrec.render import replay_table, verdict_table
 
 
 def log(stamps: list[int]) -> pd.DataFrame:
@@ -38,25 +40,45 @@ def test_champion_end_reads_data_end_then_the_window_and_refuses_neither():
 
 
 PAYLOAD = {
-    "status": "checked", "drift": True, "data_window": "1998-02-01T00:00:00",
+    "status": "checked",
+    "drift": True,
+    "data_window": "1998-02-01T00:00:00",
     "champion": {"version": "4", "data_end": "1998-01-25T00:00:00+00:00"},
-    "windows": {"reference": {"start": "a", "end": "b", "rows": 900}, "current": {"start": "b", "end": "c", "rows": 1000}},
+    "windows": {
+        "reference": {"start": "a", "end": "b", "rows": 900},
+        "current": {"start": "b", "end": "c", "rows": 1000},
+    },
     "checks": {
         "embeddings": {"drift": False, "score": None, "threshold": 0.55, "details": {"skipped": "3 new items"}},
-        "interactions": {"drift": True, "score": 0.6, "threshold": 0.5,
-                         "details": {"columns": {"hour": {"drifted": True}, "rating": {"drifted": False}}}},
+        "interactions": {
+            "drift": True,
+            "score": 0.6,
+            "threshold": 0.5,
+            "details": {"columns": {"hour": {"drifted": True}, "rating": {"drifted": False}}},
+        },
     },
-    "quality": {"users": 80, "ours": {"NDCG@10": 0.12, "Hit@10": 0.3}, "evidently": {"NDCG@10": 0.12, "Hit@10": 0.3},
-                "disagreements": []},
-}  # fmt: skip
+    "quality": {
+        "users": 80,
+        "k": 10,
+        "ours": {"NDCG@10": 0.12, "Hit@10": 0.3},
+        "evidently": {"NDCG@10": 0.12, "Hit@10": 0.3},
+        "disagreements": [],
+    },
+}
 
 
 def test_summary_metrics_are_flat_numbers_without_skipped_scores():
     assert summary_metrics(PAYLOAD) == {
-        "drift": 1, "embeddings.drift": 0, "interactions.drift": 1, "interactions.score": 0.6,
-        "quality.NDCG@10": 0.12, "quality.evidently.NDCG@10": 0.12, "quality.Hit@10": 0.3,
-        "quality.evidently.Hit@10": 0.3, "current.rows": 1000,
-    }  # fmt: skip
+        "drift": 1,
+        "embeddings.drift": 0,
+        "interactions.drift": 1,
+        "interactions.score": 0.6,
+        "quality.NDCG@10": 0.12,
+        "quality.evidently.NDCG@10": 0.12,
+        "quality.Hit@10": 0.3,
+        "quality.evidently.Hit@10": 0.3,
+        "current.rows": 1000,
+    }
 
 
 def test_verdict_table_names_drifted_columns_skips_and_agreement():
@@ -72,20 +94,55 @@ def test_verdict_table_names_drifted_columns_skips_and_agreement():
 def test_replay_table_has_a_row_per_step():
     rows = [
         Step(0, "1998-01-01T00:00:00", 50_000, None, {}, None, None, None, "first", "1", True, "1", 0.1, 60.0),
-        Step(1, "1998-01-08T00:00:00", 54_000, 4000, {"interactions": True, "embeddings": None, "predictions": False},
-             True, 0.09, 0.09, "drift", "2", False, "1", 0.1, 70.0),
-        Step(2, "1998-01-15T00:00:00", 57_000, 7000, {"interactions": False, "embeddings": False, "predictions": False},
-             False, 0.08, 0.08, "", None, False, "1", 0.1, 20.0),
-    ]  # fmt: skip
-    lines = markdown(rows).splitlines()
+        Step(
+            1,
+            "1998-01-08T00:00:00",
+            54_000,
+            4000,
+            {"interactions": True, "embeddings": None, "predictions": False},
+            True,
+            0.09,
+            0.09,
+            "drift",
+            "2",
+            False,
+            "1",
+            0.1,
+            70.0,
+        ),
+        Step(
+            2,
+            "1998-01-15T00:00:00",
+            57_000,
+            7000,
+            {"interactions": False, "embeddings": False, "predictions": False},
+            False,
+            0.08,
+            0.08,
+            "",
+            None,
+            False,
+            "1",
+            0.1,
+            20.0,
+        ),
+    ]
+    lines = replay_table(rows, CHECK_NAMES).splitlines()
     assert len(lines) == 5
-    assert lines[2].startswith("| 0 | 1998-01-01 | 50000 |  | – | – | – | – |  | yes (first): v1 promoted | v1 | 0.1000 |")
-    assert lines[3] == "| 1 | 1998-01-08 | 54000 | 4000 | yes | – | no | yes | 0.0900 | yes (drift): v2 not promoted | v1 | 0.1000 |"
+    assert lines[2].startswith(
+        "| 0 | 1998-01-01 | 50000 |  | – | – | – | – |  | yes (first): v1 promoted | v1 | 0.1000 |"
+    )
+    assert (
+        lines[3] == "| 1 | 1998-01-08 | 54000 | 4000 | yes | – | no | yes | 0.0900 "
+        "| yes (drift): v2 not promoted | v1 | 0.1000 |"
+    )
     assert lines[4].endswith("| no | no | no | no | 0.0800 | no | v1 | 0.1000 |")
 
 
 def test_list_fields_are_prepared_with_one_separator():
-    items = pd.DataFrame({"item_id": ["1", "2", "3"], "genres": ["Animation Children's Comedy", "", None], "title": ["a b", "c", "d"]})
+    items = pd.DataFrame(
+        {"item_id": ["1", "2", "3"], "genres": ["Animation Children's Comedy", "", None], "title": ["a b", "c", "d"]}
+    )
     out = normalise_lists(items, ("genres", "tags"), " ")
     assert out["genres"].tolist() == ["Animation|Children's|Comedy", "", ""]
     assert out["title"].tolist() == ["a b", "c", "d"]  # not a list field
@@ -95,7 +152,7 @@ def test_times_are_written_quoted_and_a_bare_time_in_params_is_refused(tmp_path)
     path = tmp_path / "params.yaml"
     path.write_text("data:\n  window: null  # a comment\n")
     apply_overrides(path, ["data.window=1998-01-01T00:00:00"])
-    assert "window: \"1998-01-01T00:00:00\" # a comment" in path.read_text()
+    assert 'window: "1998-01-01T00:00:00" # a comment' in path.read_text()
     assert load_params(path).data.window.year == 1998
     path.write_text("data:\n  window: 1998-01-01T00:00:00\n")
     with pytest.raises(ConfigError, match=r"params.yaml: data.window: 1998-01-01T00:00:00 must be quoted"):

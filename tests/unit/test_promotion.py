@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bertrec.config import PromotionParams
-from bertrec.promotion import decide_promotion, flat_metrics
+from bertrec.mlops.gate import decide_promotion, flat_metrics
 
 PRIMARY = "loo/test/NDCG@10"
 COVERAGE = "loo/test/Coverage@10"
@@ -82,8 +82,9 @@ def test_missing_metric_is_named():
 
 def test_flat_metrics_names_split_target_and_metric():
     assert flat_metrics({"test": {"NDCG@10": 0.1}, "valid": {"Hit@20": 0.5}}, "loo") == {
-        "loo/test/NDCG@10": 0.1, "loo/valid/Hit@20": 0.5,
-    }  # fmt: skip
+        "loo/test/NDCG@10": 0.1,
+        "loo/valid/Hit@20": 0.5,
+    }
 
 
 def test_rule_rejects_malformed_metric_keys():

@@ -1,4 +1,4 @@
-"""bertrec.scoring: top_k against a full stable sort, masking, Histories and Scorer.recommend."""
+"""bertrec.ranking.scoring: top_k against a full stable sort, masking, Histories and Scorer.recommend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertrec.scoring import Histories, Scorer, TrainSet, mask_out, top_k
+from bertrec.ranking.scoring import Histories, Scorer, TrainSet, mask_out, top_k
 
 
 def slow_top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -119,9 +119,7 @@ def test_mask_out_with_candidates() -> None:
 
 def test_from_frame_orders_by_seq_and_keeps_requested_users() -> None:
     # Given rows in shuffled order with their seq
-    frame = pd.DataFrame(
-        {"user_idx": [2, 0, 2, 0, 2, 5], "item_idx": [12, 1, 10, 0, 11, 7], "seq": [2, 1, 0, 0, 1, 0]}
-    )
+    frame = pd.DataFrame({"user_idx": [2, 0, 2, 0, 2, 5], "item_idx": [12, 1, 10, 0, 11, 7], "seq": [2, 1, 0, 0, 1, 0]})
 
     # When histories are built for users 0, 3 (no rows), 2, in that order
     h = Histories.from_frame(frame.sample(frac=1.0, random_state=0), np.array([0, 3, 2]))

@@ -1,4 +1,4 @@
-"""bertrec.split on synthetic logs: loo, ratio (RecBole's rounding), cold_items, and IO."""
+"""bertrec.data.split on synthetic logs: loo, ratio (RecBole's rounding), cold_items, and IO."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from bertrec.config import SplitParams
-from bertrec.data import Dataset
-from bertrec.split import (
+from bertrec.data.dataset import Dataset
+from bertrec.data.split import (
     COLUMNS,
     ratio_counts,
     read_split,
@@ -26,7 +26,7 @@ def make_dataset(lengths: list[int], n_items: int = 40, seed: int = 0) -> Datase
     for u, n in enumerate(lengths):
         items = rng.choice(n_items, n, replace=False)
         times = np.sort(rng.integers(0, max(2, n // 2), n))  # few distinct values: many ties
-        rows += [(f"u{u}", f"i{i}", int(t), u, int(i)) for i, t in zip(items, times)]
+        rows += [(f"u{u}", f"i{i}", int(t), u, int(i)) for i, t in zip(items, times, strict=True)]
     inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "user_idx", "item_idx"])
     items = pd.DataFrame({"item_idx": range(n_items), "item_id": [f"i{i}" for i in range(n_items)]})
     items["text"] = "item " + items["item_id"]
@@ -35,7 +35,7 @@ def make_dataset(lengths: list[int], n_items: int = 40, seed: int = 0) -> Datase
 
 def keys(frame: pd.DataFrame) -> set[tuple[int, int]]:
     """Rows as (user, seq): unique within a log."""
-    return set(zip(frame["user_idx"].tolist(), frame["seq"].tolist()))
+    return set(zip(frame["user_idx"].tolist(), frame["seq"].tolist(), strict=True))
 
 
 def recbole_counts(tot: int, ratios: tuple[float, ...]) -> list[int]:
@@ -126,7 +126,7 @@ def test_seq_is_position_in_user_history(data: Dataset, which: str) -> None:
     for part in (split.train, split.valid, split.test):
         assert part["seq"].tolist() == position[part.index].tolist()
         lookup = inter.set_index([inter["user_idx"], position])["item_idx"]
-        assert lookup.loc[list(zip(part["user_idx"], part["seq"]))].tolist() == part["item_idx"].tolist()
+        assert lookup.loc[list(zip(part["user_idx"], part["seq"], strict=True))].tolist() == part["item_idx"].tolist()
 
 
 # --- ratio ---------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_split_ratio_partitions_each_user_by_ratio_counts(data: Dataset, seed: i
     assert set.union(*parts) == keys(data.interactions.assign(seq=data.interactions.groupby("user_idx").cumcount()))
     # And each user's part sizes are ratio_counts of its length
     expected = ratio_counts(np.array(LENGTHS), (0.8, 0.1, 0.1))
-    for frame, sizes in zip((split.train, split.valid, split.test), expected):
+    for frame, sizes in zip((split.train, split.valid, split.test), expected, strict=True):
         assert np.bincount(frame["user_idx"], minlength=len(LENGTHS)).tolist() == sizes.tolist()
 
 

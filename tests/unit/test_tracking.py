@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertrec.plots import popularity_deciles, popularity_shares
-from bertrec.registry import bundle_fingerprint
-from bertrec.tracking import curve_entries, dvc_hash, metric_entries, mlflow_name
+from bertrec.mlops.plots import popularity_deciles, popularity_shares
+from bertrec.mlops.registry import bundle_fingerprint
+from bertrec.mlops.tracking import curve_entries, dvc_hash, metric_entries, mlflow_name
 
 
 def test_metric_names_are_valid_for_mlflow():
     from mlflow.utils.validation import validate_param_and_metric_name
 
     entries = metric_entries({"test": {"NDCG@10": 0.1, "TailHit@20": 0.2}}, "cold_items", "baselines/itemknn/")
-    assert entries == {"baselines/itemknn/cold_items/test/NDCG_at_10": 0.1, "baselines/itemknn/cold_items/test/TailHit_at_20": 0.2}
+    assert entries == {
+        "baselines/itemknn/cold_items/test/NDCG_at_10": 0.1,
+        "baselines/itemknn/cold_items/test/TailHit_at_20": 0.2,
+    }
     assert all(validate_param_and_metric_name(k) for k in entries)
     assert mlflow_name("loo/test/NDCG@10") == "loo/test/NDCG_at_10"
 

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bertrec.baselines import Popular
-from bertrec.evaluate import build_cases, evaluate, train_set
-from bertrec.metrics import Reference
-from bertrec.scoring import Histories
-from bertrec.split import split_loo
-from bertrec.train import full_softmax_loss, logq_correct, make_windows, sampled_softmax_loss, train
+from bertrec.data.split import split_loo
+from bertrec.model.losses import full_softmax_loss, logq_correct, sampled_softmax_loss
+from bertrec.model.train import make_windows, train
+from bertrec.ranking.baselines import Popular
+from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, train_set
+from bertrec.ranking.metrics import Reference
+from bertrec.ranking.scoring import Histories
+
 from builders import cyclic_dataset
 
 
@@ -67,10 +69,19 @@ def test_windows_cut_long_histories_from_the_end():
 
 def tiny_params(make_params, tiny_encoder, *extra: str):
     return make_params(
-        f"model.encoder={tiny_encoder}", "model.dim=16", "model.layers=1", "model.heads=2", "model.max_history=8",
-        "model.dropout=0.0", "train.batch_size=16", "train.warmup_steps=5", "train.lr=0.005", "train.patience=50",
-        "eval.batch_size=32", *extra,
-    )  # fmt: skip
+        f"model.encoder={tiny_encoder}",
+        "model.dim=16",
+        "model.layers=1",
+        "model.heads=2",
+        "model.max_history=8",
+        "model.dropout=0.0",
+        "train.batch_size=16",
+        "train.warmup_steps=5",
+        "train.lr=0.005",
+        "train.patience=50",
+        "eval.batch_size=32",
+        *extra,
+    )
 
 
 def test_training_a_tiny_bert_learns_the_next_item(make_params, tiny_encoder, tmp_path):
@@ -81,7 +92,9 @@ def test_training_a_tiny_bert_learns_the_next_item(make_params, tiny_encoder, tm
     result = train(tiny_params(make_params, tiny_encoder, "train.epochs=12"), split, data.items, tmp_path / "work")
     # Then validation NDCG@10 is far above popularity's
     train_data = train_set(split, data.items)
-    reference = Reference.from_train(train_data.interactions["item_idx"].to_numpy(), train_data.interactions["user_idx"].to_numpy(), split.n_items)
+    reference = Reference.from_train(
+        train_data.interactions["item_idx"].to_numpy(), train_data.interactions["user_idx"].to_numpy(), split.n_items
+    )
     cases = build_cases(split, "valid")
     popular = evaluate(Popular().fit(train_data), cases, reference, (10,)).metrics["NDCG@10"]
     assert result.best_valid["NDCG@10"] > max(0.8, 3 * popular)
@@ -121,7 +134,9 @@ def test_logit_adjustment_credits_popular_targets_during_training():
     popular, rare = torch.tensor([[0]]), torch.tensor([[1]])
     # Then predicting the popular item costs less than the rare one: less gradient pushes popular scores up
     assert full_softmax_loss(users, items, popular, 1.0, prior) < full_softmax_loss(users, items, rare, 1.0, prior)
-    assert full_softmax_loss(users, items, popular, 1.0) == pytest.approx(float(full_softmax_loss(users, items, rare, 1.0)))
+    assert full_softmax_loss(users, items, popular, 1.0) == pytest.approx(
+        float(full_softmax_loss(users, items, rare, 1.0))
+    )
 
 
 def test_freeze_layers_fine_tunes_only_the_upper_encoder_layers(make_params, tiny_encoder, tmp_path):
@@ -143,7 +158,9 @@ def test_freeze_layers_fine_tunes_only_the_upper_encoder_layers(make_params, tin
 def test_text_user_tower_trains_and_scores(make_params, tiny_encoder, tmp_path):
     data = cyclic_dataset(n_users=20)
     split = split_loo(data)
-    params = tiny_params(make_params, tiny_encoder, "train.epochs=2", "model.user_encoder=text", "train.text_user_positions=3")
+    params = tiny_params(
+        make_params, tiny_encoder, "train.epochs=2", "model.user_encoder=text", "train.text_user_positions=3"
+    )
     result = train(params, split, data.items, tmp_path / "work")
     context = build_cases(split, "valid").context.slice(0, 4)
     scores = result.scorer.score(context)
@@ -163,8 +180,37 @@ def test_checkpoints_of_another_configuration_are_not_resumed(make_params, tiny_
         raise Killed
 
     with pytest.raises(Killed):
-        train(tiny_params(make_params, tiny_encoder, "train.epochs=3", "train.lr=0.05"), split, data.items, tmp_path, on_epoch_end=die)
+        train(
+            tiny_params(make_params, tiny_encoder, "train.epochs=3", "train.lr=0.05"),
+            split,
+            data.items,
+            tmp_path,
+            on_epoch_end=die,
+        )
     # When a run with different params starts in the same folder
     result = train(tiny_params(make_params, tiny_encoder, "train.epochs=2"), split, data.items, tmp_path)
     # Then it starts from epoch 1 instead of resuming the other run
     assert [e.epoch for e in result.epochs] == [1, 2]
+
+
+def test_early_stopping_ends_after_patience_and_restores_the_best_epoch(make_params, tiny_encoder, tmp_path):
+    # Given a learnable log and a patience of 2 epochs within a budget of 40
+    data = cyclic_dataset(n_users=30)
+    split = split_loo(data)
+    params = tiny_params(make_params, tiny_encoder, "train.epochs=40", "train.patience=2", "train.lr=0.02")
+    # When it trains
+    result = train(params, split, data.items, tmp_path / "work")
+    ran = [e.epoch for e in result.epochs]
+    # Then it stops exactly `patience` epochs after the best one, well before the budget
+    assert ran[-1] == result.best_epoch + 2 < 40
+    best = max(result.epochs, key=lambda e: e.valid["NDCG@10"])
+    assert best.epoch == result.best_epoch and all(e.valid["NDCG@10"] <= best.valid["NDCG@10"] for e in result.epochs)
+    # and the model it returns has the best epoch's weights (kept in the last checkpoint), not the last epoch's
+    last = torch.load(tmp_path / "work" / "checkpoints" / f"epoch-{ran[-1]:04d}.pt", weights_only=False)
+    final = result.scorer.state_dict()
+    assert all(torch.equal(final[k], last["best_state"][k]) for k in final)
+    assert not all(torch.equal(final[k], last["scorer"][k]) for k in final)
+    # which score as the best epoch did on validation
+    reference = reference_of(train_set(split, data.items))
+    again = evaluate(result.scorer, build_cases(split, "valid"), reference, (10, 20), 32).metrics
+    assert again["NDCG@10"] == pytest.approx(result.best_valid["NDCG@10"], abs=1e-6)

@@ -1,0 +1,192 @@
+"""The operations of the `bertrec` command line: recommend, the registry, serving, the local stack, the replay.
+
+Imported by :mod:`bertrec.cli`, whose app, options and error mapping these commands share.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bertrec.cli import (
+    DEFAULT_PARAMS,
+    MlflowPortOpt,
+    ParamsOpt,
+    PrefectPortOpt,
+    SetOpt,
+    _params,
+    app,
+    command,
+    registry_app,
+    stack_app,
+)
+from bertrec.errors import ConfigError, UnknownUserError
+
+
+@command(app.command())
+def recommend(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="A user id of the prepared data: their full history.")
+    ] = None,
+    history: Annotated[str | None, typer.Option("--history", help="Item ids, oldest first, comma-separated.")] = None,
+    k: Annotated[int, typer.Option("--k", help="How many items.")] = 10,
+) -> None:
+    """Recommend for a known user or an ad-hoc history, with the history item behind each pick."""
+    from bertrec.data.dataset import load_dataset
+    from bertrec.serve.recommender import Recommender
+
+    p = _params(params, set_)
+    if (user is None) == (history is None):
+        raise ConfigError("give exactly one of --user or --history")
+    if user is not None:
+        log = load_dataset(p.paths.prepared).interactions
+        items = log.loc[log["user_id"] == user, "item_id"].astype(str).tolist()
+        if not items:
+            raise UnknownUserError(f"user {user!r} is not in {p.paths.prepared}")
+    else:
+        items = [i.strip() for i in history.split(",") if i.strip()]
+    recommender = Recommender(p.paths.bundle, p.train.device)
+    picks = recommender.recommend(items, k)
+    texts = dict(zip(recommender.item_ids, recommender.items["text"], strict=True))
+    for rank, pick in enumerate(picks, 1):
+        because = f"  (because: {texts[pick.because]})" if pick.because else ""
+        typer.echo(f"{rank:>2}. {texts[pick.item_id]}  [{pick.score:.2f}]{because}")
+
+
+@command(app.command())
+def replay(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    start: Annotated[
+        str, typer.Option("--start", help="data.window of the first step (ISO time, UTC unless zoned).")
+    ] = "1998-01-01T00:00:00",
+    every: Annotated[float, typer.Option("--every", help="Days between steps.")] = 7.0,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="At most this many steps (default: until the log ends).")
+    ] = None,
+    retrain_every: Annotated[
+        int, typer.Option("--retrain-every", help="Retrain after this many steps without drift.")
+    ] = 4,
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="The replay's own git + DVC + MLflow workspace (must not exist).")
+    ] = Path("outputs/replay"),
+) -> None:
+    """Replay the log's timeline: each step adds the next window of data, checks drift, retrains on drift or schedule.
+
+    Runs the DVC stages in a workspace of its own (a git commit per step, a SQLite MLflow registry
+    inside it); prints a row per step and writes replay.json and replay.md there.
+    """
+    from bertrec.mlops.replay import CHECK_NAMES
+    from bertrec.mlops.replay import replay as run_replay
+    from bertrec.render import replay_table
+
+    _params(params, set_)  # validate before building anything
+    try:
+        first = datetime.fromisoformat(start)
+    except ValueError:
+        raise ConfigError(f"--start {start!r} is not an ISO time such as 1998-01-01T00:00:00") from None
+    shown = []
+
+    def show(row) -> None:
+        shown.append(row)
+        table = replay_table(shown, CHECK_NAMES)
+        typer.echo(table.splitlines()[-1] if len(shown) > 1 else table.rstrip())
+
+    rows = run_replay(Path.cwd(), workdir, params, set_ or [], first, timedelta(days=every), steps, retrain_every, show)
+    typer.echo(f"\n{len(rows)} steps -> {workdir / 'replay.md'}")
+
+
+@command(registry_app.command("status"))
+def registry_status(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Show every version of the registered model with its aliases, metrics and gate decision."""
+    from bertrec.mlops.registry import versions
+    from bertrec.mlops.tracking import mlflow_name
+    from bertrec.render import versions_table
+
+    p = _params(params, set_)
+    rows = versions(p)
+    if not rows:
+        typer.echo(f"{p.mlflow.registered_model}: no versions at {p.mlflow.tracking_uri}")
+        return
+    typer.echo(versions_table(rows, [p.promotion.metric, *p.promotion.guardrails], mlflow_name))
+
+
+@command(registry_app.command("rollback"))
+def registry_rollback(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
+    """Move the `champion` alias back to the `previous` version."""
+    from bertrec.mlops.registry import rollback
+
+    p = _params(params, set_)
+    before, after = rollback(p)
+    typer.echo(f"{p.mlflow.registered_model}: champion moved from version {before} back to version {after}")
+
+
+@command(app.command())
+def serve(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    alias: Annotated[str, typer.Option("--alias", help="The registry alias to serve.")] = "champion",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
+) -> None:
+    """Serve models:/<registered_model>@<alias> with `mlflow models serve` (POST /invocations)."""
+    from bertrec.mlops.stack import serve as run_server
+
+    p = _params(params, set_)
+    typer.echo(
+        f"serving models:/{p.mlflow.registered_model}@{alias} from {p.mlflow.tracking_uri} "
+        f"on http://{host}:{port}/invocations"
+    )
+    run_server(p, alias, host, port)
+
+
+@command(stack_app.command("up"))
+def stack_up(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    prefect_port: PrefectPortOpt = 4200,
+    mlflow_port: MlflowPortOpt = 5000,
+) -> None:
+    """Start the Prefect and MLflow servers and a worker per pool (cpu, gpu), create the pools, deploy prefect.yaml."""
+    from bertrec.mlops.stack import StackConfig, up
+
+    for line in up(StackConfig.of(_params(params, set_), Path.cwd(), prefect_port, mlflow_port)):
+        typer.echo(line)
+
+
+@command(stack_app.command("down"))
+def stack_down(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    prefect_port: PrefectPortOpt = 4200,
+    mlflow_port: MlflowPortOpt = 5000,
+) -> None:
+    """Stop what `stack up` started."""
+    from bertrec.mlops.stack import StackConfig, down
+
+    stopped = down(StackConfig.of(_params(params, set_), Path.cwd(), prefect_port, mlflow_port))
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@command(stack_app.command("worker"))
+def stack_worker(
+    pool: Annotated[str, typer.Option("--pool", help="The work pool to poll.")],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    dvc_remote: Annotated[
+        str | None,
+        typer.Option("--dvc-remote", help="URL of the DVC remote this worker shares (written to .dvc/config.local)."),
+    ] = None,
+    dvc_endpoint: Annotated[
+        str | None, typer.Option("--dvc-endpoint", help="S3 endpoint URL of that remote (MinIO, ...).")
+    ] = None,
+) -> None:
+    """Configure this checkout (params.yaml overrides, DVC remote), then run `prefect worker start --pool POOL`."""
+    from bertrec.mlops.stack import start_worker
+
+    start_worker(pool, params, set_ or [], dvc_remote, dvc_endpoint)

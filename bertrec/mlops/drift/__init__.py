@@ -1,0 +1,1 @@
+"""Drift: Evidently checks of interactions, embeddings and predictions, and the champion's monitor."""

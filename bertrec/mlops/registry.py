@@ -1,0 +1,186 @@
+"""The MLflow model registry, and nothing else: versions, their tags and files, the aliases.
+
+One registered model (``mlflow.registered_model``) whose versions are pyfunc models carrying the
+whole bundle (encoder, towers, embeddings, FAISS index, item table), so a model is never served
+with an index built by another. Aliases: every new version is ``challenger``; on promotion the old
+champion becomes ``previous`` and the new version ``champion``. Deciding who is champion is the
+gate's (:mod:`bertrec.mlops.gate`); this module moves the aliases it is told to, under a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from filelock import FileLock
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import bertrec
+from bertrec.config import Params
+from bertrec.errors import RegistryError
+from bertrec.mlops.tracking import mlflow_name
+from bertrec.model.bundle import EMBEDDINGS, INDEX, MODEL
+from bertrec.serve.pyfunc import BUNDLE_ARTIFACT, DEFAULT_K, SIGNATURE, BundleModel, input_example, pip_requirements
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+BUNDLE_TAG = "bundle.sha256"
+DATA_END_TAG = "data.end"  # epoch seconds of the newest interaction a version was trained on
+# Files whose content is the model; run records with timings (training.json, ...) are left out.
+FINGERPRINT_SKIP = {"training.json", "embeddings.json", "index.json"}
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str
+    created: int  # ms since the epoch
+    tags: dict[str, str]
+
+
+def bundle_fingerprint(bundle: Path) -> str:
+    """sha256 over the bundle's model files (names and contents), timings excluded."""
+    digest = hashlib.sha256()
+    for path in sorted(p for part in (MODEL, EMBEDDINGS, INDEX) for p in (Path(bundle) / part).rglob("*")):
+        if path.is_file() and path.name not in FINGERPRINT_SKIP:
+            digest.update(str(path.relative_to(bundle)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def find_bundle(client: MlflowClient, name: str, fingerprint: str) -> str | None:
+    """The version registered with this bundle fingerprint, if any."""
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{BUNDLE_TAG}` = '{fingerprint}'")
+    except MlflowException:
+        return None
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def download_version(client: MlflowClient, name: str, version: str, into: Path) -> Path:
+    """Download a version's bundle into ``into``; returns the bundle folder."""
+    root = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(into))
+    return Path(root) / "artifacts" / BUNDLE_ARTIFACT
+
+
+def set_aliases(client: MlflowClient, name: str, version: str, champion: str | None, promote: bool) -> str | None:
+    """Make ``version`` the challenger and, when ``promote``, the champion (the old one ``previous``).
+
+    Returns the champion afterwards.
+    """
+    if promote:
+        if champion is not None:
+            client.set_registered_model_alias(name, PREVIOUS, champion)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        champion = version
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return champion
+
+
+def lock_for(p: Params) -> FileLock:
+    key = hashlib.sha1(f"{p.mlflow.tracking_uri}|{p.mlflow.registered_model}".encode()).hexdigest()[:16]
+    path = Path(p.paths.cache) / "locks" / f"registry-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=p.promotion.lock_timeout)
+
+
+def log_bundle(p: Params, example_history: list[str]) -> str:
+    """Log the bundle as a pyfunc model in the active run; returns its model URI."""
+    with tempfile.TemporaryDirectory(prefix="bertrec-bundle-") as tmp:
+        staged = Path(tmp) / BUNDLE_ARTIFACT
+        for part in (MODEL, EMBEDDINGS, INDEX):
+            shutil.copytree(Path(p.paths.bundle) / part, staged / part)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=BundleModel(),
+            artifacts={BUNDLE_ARTIFACT: str(staged)},
+            signature=SIGNATURE,
+            input_example=(input_example(example_history), {"k": DEFAULT_K}),
+            pip_requirements=pip_requirements(),
+            code_paths=[str(Path(bertrec.__file__).parent)],
+        )
+    return info.model_uri
+
+
+def register_version(client: MlflowClient, p: Params, model_uri: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri``; check the version is READY and its index arrived. Returns the version."""
+    name = p.mlflow.registered_model
+    version = mlflow.register_model(model_uri, name, await_registration_for=600, tags=tags)
+    status = client.get_model_version(name, version.version).status
+    if status != "READY":
+        raise RegistryError(f"version {version.version} of {name} is {status}, not READY; no alias was changed")
+    listed = mlflow.artifacts.list_artifacts(
+        artifact_uri=f"{client.get_model_version_download_uri(name, version.version)}/artifacts/bundle/{INDEX}"
+    )
+    if not any(Path(f.path).name == "index.faiss" for f in listed):
+        raise RegistryError(
+            f"version {version.version} of {name} has no FAISS index in its artifacts; no alias was changed"
+        )
+    return str(version.version)
+
+
+def rollback(p: Params) -> tuple[str, str]:
+    """Move ``champion`` back to ``previous``; returns (from, to). Raises RegistryError without one."""
+    client = MlflowClient(p.mlflow.tracking_uri, p.mlflow.tracking_uri)
+    name = p.mlflow.registered_model
+    with lock_for(p):
+        champion, previous = alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
+        if previous is None or champion is None:
+            raise RegistryError(f"{name} has no `previous` version to roll back to (champion: {champion or 'none'})")
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.delete_registered_model_alias(name, PREVIOUS)
+        client.set_model_version_tag(name, champion, "rolled_back", "true")
+    return champion, previous
+
+
+def versions(p: Params) -> list[VersionRow]:
+    """Every version of the registered model, newest first, with its aliases and tags."""
+    client = MlflowClient(p.mlflow.tracking_uri, p.mlflow.tracking_uri)
+    name = p.mlflow.registered_model
+    try:
+        aliases = client.get_registered_model(name).aliases  # {alias: version}; search results carry none
+        found = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    rows = [
+        VersionRow(
+            v.version,
+            tuple(sorted(a for a, n in aliases.items() if str(n) == str(v.version))),
+            v.run_id or "",
+            v.creation_timestamp,
+            dict(v.tags),
+        )
+        for v in found
+    ]
+    return sorted(rows, key=lambda r: -int(r.version))
+
+
+def version_tags(
+    scores: dict[str, float], p: Params, data_sha256: str, data_end: float, run_id: str, fingerprint: str
+) -> dict[str, str]:
+    """What a version carries as tags: its gate metrics, data hash and window, run id, bundle fingerprint.
+
+    ``data.end`` (epoch seconds of the newest interaction it was trained on) is where the drift
+    check's current window starts.
+    """
+    tags = {mlflow_name(k): f"{v:.6g}" for k, v in scores.items() if k in (p.promotion.metric, *p.promotion.guardrails)}
+    window = p.data.window.isoformat() if p.data.window else "all"  # the data "as of" which it was trained
+    return tags | {
+        "data.sha256": data_sha256,
+        "data.window": window,
+        DATA_END_TAG: f"{data_end:.0f}",
+        "run_id": run_id,
+        BUNDLE_TAG: fingerprint,
+    }

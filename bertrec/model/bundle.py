@@ -1,0 +1,114 @@
+"""The trained bundle: one directory holding everything needed to serve the model.
+
+```
+bundle/
+  model/        weights.safetensors (the towers), tower.json, training.json, items.parquet,
+                text_features.npy (the catalogue's encoder features), encoder/ (HF folder + tokenizer),
+                histories.parquet (each known user's items, oldest first, for queries by user id)
+  embeddings/   vectors.npy (float16, unit norm), items.parquet (item_idx -> item_id), embeddings.json
+  index/        index.faiss, index.json (factory, recall@10 against exact search)
+```
+`bertrec train` writes ``model/``, `bertrec embed` writes ``embeddings/``, `bertrec index` writes
+``index/``; each part is replaced atomically. Later steps register the whole directory in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file, save_file
+
+from bertrec.errors import MissingInputError
+from bertrec.io import atomic_dir
+from bertrec.model.encoder import TextEncoder, pick_device
+from bertrec.model.features import ItemTextFeatures
+from bertrec.model.scorer import TowerScorer
+from bertrec.model.towers import TowerConfig, TwoTower
+
+MODEL = "model"
+EMBEDDINGS = "embeddings"
+INDEX = "index"
+WEIGHTS = "weights.safetensors"
+HISTORIES = "histories.parquet"
+TRAINING = "training.json"  # the training record: params, epochs, best epoch, split
+ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
+
+
+def save_model(
+    scorer: TowerScorer,
+    items: pd.DataFrame,
+    bundle: Path,
+    training: dict[str, Any],
+    histories: pd.DataFrame | None = None,
+) -> Path:
+    """Write ``bundle/model`` atomically: tower weights, configs, the item table, the encoder.
+
+    ``histories`` (``user_id``, ``item_id``; each user's rows oldest first) lets the served model
+    answer a query that names only a user.
+    """
+    target = Path(bundle) / MODEL
+    with atomic_dir(target) as tmp:
+        weights = {
+            k[6:]: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items() if k.startswith("model.")
+        }
+        save_file(weights, str(tmp / WEIGHTS))
+        (tmp / "tower.json").write_text(json.dumps(asdict(scorer.model.config), indent=2) + "\n")
+        (tmp / TRAINING).write_text(json.dumps(training, indent=2, default=str) + "\n")
+        columns = [c for c in ITEM_COLUMNS if c in items.columns]
+        items[columns].to_parquet(tmp / "items.parquet", index=False)
+        if histories is not None:
+            histories[["user_id", "item_id"]].astype(str).to_parquet(tmp / HISTORIES, index=False)
+        if scorer.text_features is not None:
+            features = scorer.text_features
+            texts = items["text"].tolist()
+            np.save(tmp / "text_features.npy", features.raw_features(texts))
+            features.encoder.model.save_pretrained(tmp / "encoder")
+            features.encoder.tokenizer.save_pretrained(tmp / "encoder")
+            (tmp / "encoder" / "bertrec.json").write_text(json.dumps({"max_length": features.encoder.max_length}))
+    return target
+
+
+def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.DataFrame]:
+    """The trained scorer (eval mode, frozen features) and the item table of ``bundle/model``."""
+    folder = Path(bundle) / MODEL
+    if not (folder / WEIGHTS).exists():
+        raise MissingInputError(f"{folder / WEIGHTS} not found; run `bertrec train` first")
+    config = TowerConfig(**json.loads((folder / "tower.json").read_text()))
+    items = pd.read_parquet(folder / "items.parquet")
+    dev = pick_device(device)
+    features = None
+    if (folder / "encoder").exists():
+        max_length = json.loads((folder / "encoder" / "bertrec.json").read_text())["max_length"]
+        encoder = TextEncoder.load(str(folder / "encoder"), max_length, str(dev))
+        cache = np.load(folder / "text_features.npy")
+        features = ItemTextFeatures(encoder, items["text"].tolist(), "all", 128, cache=cache)
+    model = TwoTower(config)
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    titles = (items["title"] if "title" in items else items["text"]).to_numpy(dtype=object)
+    scorer = TowerScorer(model, features, titles, dev)
+    scorer.model.eval()
+    return scorer, items
+
+
+def read_training(bundle: Path) -> dict[str, Any]:
+    """The training record of ``bundle/model`` (see :func:`training_record`)."""
+    path = Path(bundle) / MODEL / TRAINING
+    if not path.exists():
+        raise MissingInputError(f"{path} not found; run `bertrec train` first")
+    return json.loads(path.read_text())
+
+
+def training_record(result: Any, params: Any, split_name: str) -> dict[str, Any]:
+    """What `bertrec train` saves beside the weights: the params, the epochs, the best epoch."""
+    return {
+        "split": split_name,
+        "params": params.flat(),
+        "best_epoch": result.best_epoch,
+        "best_valid": result.best_valid,
+        "epochs": [asdict(e) for e in result.epochs],
+    }

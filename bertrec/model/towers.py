@@ -1,0 +1,149 @@
+"""The BERT two-tower recommender: an item tower that reads text, a user tower over the history.
+
+Item tower: text features (mean-pooled encoder output) -> projection, plus, for ``hybrid``, a
+learned ID embedding for items seen in training (new items have none); L2-normalised.
+User tower, ``sequence``: a small causal Transformer over the item-tower vectors of the user's most
+recent items, with position embeddings; the output at the last position is the user vector.
+User tower, ``text``: the encoder reads the user's recent titles joined into one text.
+Scores are cosine similarities divided by a temperature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ITEM_REPRS = ("text", "id", "hybrid")
+USER_ENCODERS = ("sequence", "text")
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Shapes and choices of the two towers (saved with the weights); defaults live in params (ModelParams)."""
+
+    n_items: int
+    text_dim: int
+    dim: int
+    item_repr: str
+    user_encoder: str
+    max_history: int
+    layers: int
+    heads: int
+    dropout: float
+    temperature: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    """Item vectors from text features and/or ID embeddings: (n, text_dim) -> (n, dim), unit norm."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.use_text = config.item_repr in ("text", "hybrid")
+        self.use_id = config.item_repr in ("id", "hybrid")
+        if self.use_text:
+            self.project = nn.Sequential(
+                nn.Linear(config.text_dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim)
+            )
+        if self.use_id:
+            self.ids = nn.Embedding(config.n_items, config.dim)
+            nn.init.normal_(self.ids.weight, std=0.02 if self.use_text else 0.1)
+        # Items seen in training; the ID part of the others is left out (cold start).
+        self.register_buffer("known", torch.ones(config.n_items, dtype=torch.bool))
+
+    def forward(self, text: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
+        """``text``: (n, text_dim) features of ``items`` (n,), or None for ``id``; returns (n, dim)."""
+        parts = []
+        if self.use_text:
+            parts.append(self.project(text))
+        if self.use_id:
+            ids = self.ids(items.clamp(max=self.config.n_items - 1))  # (n, dim)
+            known = (items < self.config.n_items) & self.known[items.clamp(max=self.config.n_items - 1)]
+            parts.append(ids * known.unsqueeze(-1))
+        return F.normalize(torch.stack(parts).sum(0), dim=-1)
+
+
+class SequenceUserTower(nn.Module):
+    """A causal Transformer over item vectors: (batch, L, dim) + padding mask -> (batch, L, dim)."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.positions = nn.Embedding(config.max_history, config.dim)
+        layer = nn.TransformerEncoderLayer(
+            config.dim,
+            config.heads,
+            dim_feedforward=2 * config.dim,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, items: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``items``: (batch, L, dim) right-aligned histories; ``padding``: (batch, L) true where empty.
+
+        Returns the output at every position, (batch, L, dim), unit norm; position t sees items <= t.
+        """
+        length = items.shape[1]
+        # Right-aligned: the newest item always has the last position embedding.
+        pos = self.positions.weight[-length:]  # (L, dim)
+        x = self.dropout(items * (items.shape[-1] ** 0.5) + pos)
+        out = self.encoder(x, mask=attention_mask(padding, self.heads))
+        return F.normalize(self.norm(out), dim=-1)
+
+
+def attention_mask(padding: torch.Tensor, heads: int) -> torch.Tensor:
+    """Causal mask that also hides empty positions: (batch, L) -> (batch * heads, L, L), True = blocked.
+
+    Every position may attend to itself, so no row is fully blocked (that would give NaN).
+    """
+    length = padding.shape[1]
+    future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=padding.device), diagonal=1)
+    self_only = torch.eye(length, dtype=torch.bool, device=padding.device)
+    blocked = (future | padding.unsqueeze(1)) & ~self_only  # (batch, L, L)
+    return blocked.repeat_interleave(heads, dim=0)
+
+
+class TextUserTower(nn.Module):
+    """User vectors from the encoder's features of the joined recent titles: (batch, text_dim) -> (batch, dim)."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.project = nn.Sequential(
+            nn.Linear(config.text_dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim)
+        )
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project(text), dim=-1)
+
+
+class TwoTower(nn.Module):
+    """Both towers and the temperature of the score."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        if config.item_repr not in ITEM_REPRS or config.user_encoder not in USER_ENCODERS:
+            raise ValueError(f"item_repr must be one of {ITEM_REPRS}, user_encoder one of {USER_ENCODERS}")
+        self.config = config
+        self.items = ItemTower(config)
+        self.users: nn.Module = (
+            SequenceUserTower(config) if config.user_encoder == "sequence" else TextUserTower(config)
+        )
+
+    def user_vectors(self, history_vectors: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Sequence tower at every position: (batch, L, dim)."""
+        return self.users(history_vectors, padding)
+
+    def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Cosine / temperature: (..., dim) x (n, dim) -> (..., n)."""
+        return users @ items.T / self.config.temperature

@@ -1,0 +1,306 @@
+"""Fine-tuning the two-tower model on next-item prediction.
+
+Each user's training history is cut into windows of ``model.max_history + 1`` items; at every
+position the user tower predicts the next item. The loss is a softmax over the whole catalogue
+(``train.loss: full``), or over in-batch plus uniformly sampled negatives with a log-popularity
+(logQ) correction (``sampled``), for catalogues too large to score at every step.
+
+Training keeps the protocol honest: early stopping on validation NDCG@10 (the test target is never
+seen), a checkpoint after every epoch, and resumption from the last one after a crash. Shuffling
+and dropout are seeded per epoch, so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bertrec.config import Params
+from bertrec.data.split import Split
+from bertrec.io import atomic_file
+from bertrec.model.losses import full_softmax_loss, sampled_softmax_loss
+from bertrec.model.scorer import TowerScorer, build_towers
+from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, train_set
+from bertrec.ranking.scoring import Histories
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+PRIMARY = "NDCG@10"
+
+
+@dataclass(frozen=True)
+class TrainingWindows:
+    """Training sequences, right-aligned: ``inputs[s, t]`` is followed by ``targets[s, t]``; -1 is empty."""
+
+    inputs: np.ndarray  # (S, L)
+    targets: np.ndarray  # (S, L)
+
+
+def make_windows(histories: Histories, length: int) -> TrainingWindows:
+    """Cut each history into windows of ``length + 1`` items, from its end backwards (no overlap)."""
+    inputs, targets = [], []
+    for u in range(len(histories)):
+        items = histories[u]
+        end = len(items)
+        while end >= 2:
+            chunk = items[max(0, end - length - 1) : end]
+            row_in = np.full(length, -1, dtype=np.int64)
+            row_out = np.full(length, -1, dtype=np.int64)
+            row_in[length - len(chunk) + 1 :] = chunk[:-1]
+            row_out[length - len(chunk) + 1 :] = chunk[1:]
+            inputs.append(row_in)
+            targets.append(row_out)
+            end -= length
+    if not inputs:
+        raise ValueError("no training history has two or more items")
+    return TrainingWindows(np.stack(inputs), np.stack(targets))
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    valid: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    scorer: TowerScorer
+    epochs: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+
+
+def _schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _sampled_batch(
+    scorer: TowerScorer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    log_pop: torch.Tensor,
+    known_items: torch.Tensor,
+    negatives: int,
+    use_logq: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """In-batch targets plus negatives drawn uniformly from the training items, each once, with logQ."""
+    model, n_known = scorer.model, len(known_items)
+    valid = targets >= 0
+    n_pos = int(valid.sum())
+    uniform = known_items[torch.randint(0, n_known, (negatives,), generator=generator).to(known_items.device)]
+    # History items join the candidates: the user tower needs their vectors anyway.
+    pool = torch.cat([targets[valid], uniform, inputs[inputs >= 0]])
+    candidates, inverse = torch.unique(pool, return_inverse=True)
+    vectors = scorer.item_vectors(candidates)  # (C, d)
+    history = scorer.history_vectors(inputs, vectors, candidates)
+    users = model.user_vectors(history, inputs < 0)[valid]  # (N, d)
+    # Expected occurrences of each candidate: in-batch draws follow popularity, the rest are uniform.
+    log_q = torch.log(n_pos * log_pop.exp()[candidates] + negatives / n_known) if use_logq else None
+    return sampled_softmax_loss(users, vectors, inverse[:n_pos], log_q, model.config.temperature)
+
+
+@dataclass(frozen=True)
+class TextSamples:
+    """Training samples of the ``text`` user tower: encoder features of a history's titles, next item."""
+
+    features: torch.Tensor  # (S, text_dim)
+    targets: torch.Tensor  # (S,)
+
+
+def make_text_samples(scorer: TowerScorer, histories: Histories, positions: int) -> TextSamples:
+    """The last ``positions`` next-item predictions of each history, with the titles read before each."""
+    indptr, items = [0], []
+    targets = []
+    for u in range(len(histories)):
+        h = histories[u]
+        for t in range(max(1, len(h) - positions), len(h)):
+            items.extend(h[:t])
+            indptr.append(len(items))
+            targets.append(h[t])
+    contexts = Histories(np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64))
+    features = torch.cat(
+        [
+            scorer.user_text_features(contexts.slice(s, min(s + 256, len(contexts))))
+            for s in range(0, len(contexts), 256)
+        ]
+    )
+    return TextSamples(features, torch.tensor(targets, dtype=torch.int64, device=scorer.device))
+
+
+def _checkpoint_path(folder: Path, epoch: int) -> Path:
+    return folder / CHECKPOINTS / f"epoch-{epoch:04d}.pt"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted((Path(folder) / CHECKPOINTS).glob("epoch-*.pt"))
+    return found[-1] if found else None
+
+
+def train(
+    params: Params,
+    split: Split,
+    items: pd.DataFrame,
+    work_dir: Path,
+    on_epoch_end: Callable[[EpochLog], None] | None = None,
+) -> TrainResult:
+    """Train on ``split.train``, early-stopping on ``split.valid``; checkpoints go to ``work_dir``.
+
+    Resumes from the newest checkpoint in ``work_dir`` when one exists. ``on_epoch_end`` is called
+    after each epoch's checkpoint is written (tracking hooks in; an exception stops training).
+    """
+    tp = params.train
+    torch.manual_seed(tp.seed)
+    scorer = build_towers(params, split, items)
+    model, device = scorer.model, scorer.device
+    train = train_set(split, items)
+    text_users = params.model.user_encoder == "text"
+    if text_users:
+        samples = make_text_samples(scorer, train.histories(), tp.text_user_positions)
+        n_samples = len(samples.targets)
+    else:
+        windows = make_windows(train.histories(), params.model.max_history)
+        n_samples = len(windows.inputs)
+    popularity = torch.tensor(train.popularity(), dtype=torch.float32) + 1.0
+    log_pop = torch.log(popularity / popularity.sum()).to(device)
+    # Items with no training interaction did not exist at training time (cold_items' new items):
+    # they are never negatives, or the text tower would learn to push unseen texts down.
+    known = scorer.model.items.known
+    prior = torch.where(known, 0.0, float("-inf")) + (tp.logit_adjust * log_pop if tp.logit_adjust > 0 else 0.0)
+    known_items = torch.nonzero(known).squeeze(1)
+    reference = reference_of(train)
+    valid_cases = build_cases(split, "valid")
+
+    tower_params = [p for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": tower_params, "lr": tp.lr}]
+    encoder_params = [p for p in scorer.text_features.parameters() if p.requires_grad] if scorer.text_features else []
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": tp.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=tp.weight_decay)
+    steps_per_epoch = math.ceil(n_samples / tp.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(tp.warmup_steps, tp.epochs * steps_per_epoch))
+
+    result = TrainResult(scorer)
+    start_epoch, best_state, stale = 1, None, 0
+    fingerprint = run_fingerprint(params, split)
+    resume = latest_checkpoint(work_dir)
+    if (
+        resume is not None
+        and torch.load(resume, map_location="cpu", weights_only=False).get("fingerprint") != fingerprint
+    ):
+        log.warning("checkpoints in %s belong to another configuration or split; starting afresh", resume.parent)
+        shutil.rmtree(resume.parent)
+        resume = None
+    if resume is not None:
+        state = torch.load(resume, map_location=device, weights_only=False)
+        scorer.load_state_dict(state["scorer"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result.epochs = [EpochLog(**e) for e in state["epochs"]]
+        result.best_epoch, result.best_valid = state["best_epoch"], state["best_valid"]
+        best_state, stale, start_epoch = state["best_state"], state["stale"], state["epoch"] + 1
+        log.info("resumed from %s (epoch %d)", resume, state["epoch"])
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    for epoch in range(start_epoch, tp.epochs + 1):
+        if stale >= tp.patience:
+            break
+        began = time.perf_counter()
+        torch.manual_seed(tp.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(tp.seed * 100_003 + epoch)
+        order = np.random.default_rng([tp.seed, epoch]).permutation(n_samples)
+        model.train()
+        losses = []
+        for start in range(0, len(order), tp.batch_size):
+            batch = order[start : start + tp.batch_size]
+            with autocast:
+                if text_users:
+                    users = model.users(samples.features[batch]).unsqueeze(1)  # (B, 1, d)
+                    targets = samples.targets[batch].unsqueeze(1)
+                    loss = full_softmax_loss(users, scorer.item_vectors(), targets, model.config.temperature, prior)
+                elif tp.loss == "full":
+                    inputs = torch.from_numpy(windows.inputs[batch]).to(device)
+                    targets = torch.from_numpy(windows.targets[batch]).to(device)
+                    vectors = scorer.item_vectors()
+                    users = model.user_vectors(scorer.history_vectors(inputs, vectors), inputs < 0)
+                    loss = full_softmax_loss(users, vectors, targets, model.config.temperature, prior)
+                else:
+                    inputs = torch.from_numpy(windows.inputs[batch]).to(device)
+                    targets = torch.from_numpy(windows.targets[batch]).to(device)
+                    loss = _sampled_batch(
+                        scorer, inputs, targets, log_pop, known_items, tp.negatives, tp.logq, generator
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tower_params + encoder_params, tp.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        valid = evaluate(scorer, valid_cases, reference, (10, 20), params.eval.batch_size).metrics
+        entry = EpochLog(epoch, float(np.mean(losses)), valid, time.perf_counter() - began)
+        result.epochs.append(entry)
+        if valid[PRIMARY] > result.best_valid.get(PRIMARY, -1.0):
+            result.best_epoch, result.best_valid, stale = epoch, valid, 0
+            best_state = {k: v.detach().clone() for k, v in scorer.state_dict().items()}
+        else:
+            stale += 1
+        log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f (%.1fs)", epoch, entry.loss, valid[PRIMARY], entry.seconds)
+        _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale, fingerprint)
+        if on_epoch_end is not None:
+            on_epoch_end(entry)
+    if best_state is not None:
+        scorer.load_state_dict(best_state)
+    return result
+
+
+def run_fingerprint(params: Params, split: Split) -> str:
+    """What a checkpoint must share with a run to be resumed by it (epochs and patience may change)."""
+    config = {
+        "model": params.model.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json", exclude={"epochs", "patience", "device"}),
+        "split": split.name,
+        "train_rows": pd.util.hash_pandas_object(split.train[["user_idx", "item_idx"]], index=False).sum().item(),
+    }
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale, fingerprint) -> None:
+    path = _checkpoint_path(work_dir, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "scorer": scorer.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epochs": [asdict(e) for e in result.epochs],
+        "best_epoch": result.best_epoch,
+        "best_valid": result.best_valid,
+        "best_state": best_state,
+        "stale": stale,
+    }
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+    for old in sorted(path.parent.glob("epoch-*.pt"))[:-1]:
+        old.unlink()

@@ -1,0 +1,135 @@
+"""Offline evaluation under shared/PROTOCOL.md: test cases of a split, batched ranking, metrics.
+
+A split gives one or more *targets*: ``valid`` and ``test`` for ``loo`` and ``ratio``; ``valid``,
+``test_all`` (new items ranked among the whole catalogue) and ``test_new`` (among new items only)
+for ``cold_items``. For ``valid`` the context is the training history; for test targets it is
+training plus validation history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from bertrec.data.split import Split
+from bertrec.io import atomic_file
+from bertrec.ranking.metrics import Reference, compute_metrics
+from bertrec.ranking.scoring import Histories, Scorer, TrainSet
+
+
+@dataclass(frozen=True)
+class Cases:
+    """The users evaluated on one target, their contexts and their positives."""
+
+    target: str
+    users: np.ndarray  # (n,) user_idx
+    context: Histories  # what the scorer sees and what is excluded from ranking
+    positives: sp.csr_matrix  # (n, n_items)
+    candidates: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one scorer on one target, with the top-K lists they were computed from."""
+
+    target: str
+    metrics: dict[str, float]
+    users: np.ndarray
+    topk: np.ndarray  # (n, K_max)
+
+
+def targets(split: Split) -> tuple[str, ...]:
+    if split.new_items is not None:
+        return ("valid", "test_all", "test_new")
+    return ("valid", "test")
+
+
+def build_cases(split: Split, target: str) -> Cases:
+    """The evaluation cases of ``target`` (see :func:`targets`)."""
+    if target == "valid":
+        held, context_rows = split.valid, split.train
+    elif target in ("test", "test_all", "test_new"):
+        held, context_rows = split.test, pd.concat([split.train, split.valid])
+    else:
+        raise ValueError(f"unknown target {target!r}; split {split.name} has {targets(split)}")
+    users = np.unique(held["user_idx"].to_numpy())
+    context = Histories.from_frame(context_rows, users)
+    row = np.searchsorted(users, held["user_idx"].to_numpy())
+    positives = sp.csr_matrix(
+        (np.ones(len(held), dtype=np.float32), (row, held["item_idx"].to_numpy())),
+        shape=(len(users), split.n_items),
+    )
+    positives.sum_duplicates()
+    candidates = split.new_items if target == "test_new" else None
+    return Cases(target, users, context, positives, candidates)
+
+
+def train_set(split: Split, items: pd.DataFrame) -> TrainSet:
+    return TrainSet(split.n_users, split.n_items, split.train.reset_index(drop=True), items)
+
+
+def reference_of(train: TrainSet) -> Reference:
+    """Popularity, head/tail and user shares of a training set, for the beyond-accuracy metrics."""
+    rows = train.interactions
+    return Reference.from_train(rows["item_idx"].to_numpy(), rows["user_idx"].to_numpy(), train.n_items)
+
+
+def rank_cases(scorer: Scorer, cases: Cases, k: int, batch_size: int, progress: bool = True) -> np.ndarray:
+    """Top-``k`` lists of every case, computed in batches of users: (n, k)."""
+    out = np.empty((len(cases.users), k), dtype=np.int64)
+    starts = range(0, len(cases.users), batch_size)
+    for start in tqdm(starts, desc=f"rank {cases.target}", unit="batch", disable=not progress or len(starts) < 4):
+        stop = min(start + batch_size, len(cases.users))
+        out[start:stop] = scorer.recommend(cases.context.slice(start, stop), k, candidates=cases.candidates)
+    return out
+
+
+def evaluate(
+    scorer: Scorer, cases: Cases, reference: Reference, ks: tuple[int, ...], batch_size: int = 1024
+) -> Evaluation:
+    """Rank every case with ``scorer`` and compute all metrics for each K in ``ks``."""
+    topk = rank_cases(scorer, cases, max(ks), batch_size)
+    metrics = compute_metrics(topk, cases.positives, reference, ks, cases.candidates)
+    return Evaluation(cases.target, metrics, cases.users, topk)
+
+
+def save_topk(evaluation: Evaluation, items: pd.DataFrame, path: Path) -> None:
+    """Write top-K lists as Parquet: ``user_idx`` and ``item_ids`` (a list, best first), atomically."""
+    ids = items["item_id"].to_numpy()
+    lists = [[ids[i] for i in row if i >= 0] for row in evaluation.topk]
+    frame = pd.DataFrame({"user_idx": evaluation.users, "item_idx": list(evaluation.topk), "item_ids": lists})
+    with atomic_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def evaluate_split(
+    scorers: list[Scorer],
+    split: Split,
+    items: pd.DataFrame,
+    ks: tuple[int, ...],
+    batch_size: int,
+    topk_dir: Path | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Fit each scorer on the split's training data and evaluate it on every target.
+
+    Returns ``{model: {target: {metric: value}}}``; top-K lists go to
+    ``topk_dir/<split>/<model>.<target>.parquet`` when ``topk_dir`` is given.
+    """
+    train = train_set(split, items)
+    reference = reference_of(train)
+    all_cases = [build_cases(split, target) for target in targets(split)]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for scorer in scorers:
+        scorer.fit(train)
+        results[scorer.name] = {}
+        for cases in all_cases:
+            evaluation = evaluate(scorer, cases, reference, ks, batch_size)
+            results[scorer.name][cases.target] = evaluation.metrics
+            if topk_dir is not None:
+                save_topk(evaluation, items, Path(topk_dir) / split.name / f"{scorer.name}.{cases.target}.parquet")
+    return results

@@ -1,0 +1,179 @@
+"""Serving: one object that loads a bundle and answers ``recommend(history, k)``.
+
+Candidates come from the FAISS index of the bundle; each recommendation carries the history item
+most similar to it ("because you watched X"). ``add_items`` encodes new items from their text alone
+and adds them to the index, so they can be recommended before anyone has interacted with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bertrec.errors import ServingError, UnknownItemError, UnknownUserError
+from bertrec.model.bundle import HISTORIES, INDEX, MODEL, load_model
+from bertrec.model.embed import encode_items, read_embeddings
+from bertrec.model.index import read_index
+from bertrec.ranking.scoring import Histories, Scorer
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    because: str | None  # the history item most similar to this one
+
+
+class Recommender:
+    """A trained bundle (towers, vectors, FAISS index, item table) ready to answer queries."""
+
+    def __init__(self, bundle: Path, device: str = "auto") -> None:
+        self.bundle = Path(bundle)
+        self.scorer, self.items = load_model(self.bundle, device)
+        self.vectors, _ = read_embeddings(self.bundle)  # (n, dim) unit norm
+        self.index, self.index_info = read_index(self.bundle / INDEX)
+        self._histories: dict[str, list[str]] | None = None
+        self._refresh_ids()
+
+    def history_of(self, user_id: str) -> list[str]:
+        """The items of a user known when the bundle was trained, oldest first. Raises UnknownUserError."""
+        if self._histories is None:
+            path = self.bundle / MODEL / HISTORIES
+            frame = pd.read_parquet(path) if path.exists() else pd.DataFrame({"user_id": [], "item_id": []})
+            self._histories = frame.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+        if str(user_id) not in self._histories:
+            raise UnknownUserError(f"user id {str(user_id)!r} has no history in {self.bundle}")
+        return self._histories[str(user_id)]
+
+    def _refresh_ids(self) -> None:
+        self.item_ids = self.items["item_id"].astype(str).to_numpy()
+        self.position = {item: i for i, item in enumerate(self.item_ids)}
+
+    def to_indices(self, history: list[str]) -> np.ndarray:
+        """Item ids -> catalogue rows. Raises UnknownItemError naming the id."""
+        try:
+            return np.array([self.position[str(i)] for i in history], dtype=np.int64)
+        except KeyError as exc:
+            raise UnknownItemError(f"item id {exc.args[0]!r} is not in the catalogue of {self.bundle}") from None
+
+    def user_vectors(self, histories: list[list[str]]) -> np.ndarray:
+        """(batch, dim) user vectors, computed from the stored item vectors."""
+        rows = [self.to_indices(h) for h in histories]
+        packed = Histories(
+            np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64),
+            np.concatenate(rows) if rows else np.empty(0, np.int64),
+        )
+        return self.user_vectors_of_rows(packed)
+
+    def user_vectors_of_rows(self, histories: Histories) -> np.ndarray:
+        """(batch, dim) user vectors of histories given as catalogue rows."""
+        vectors = torch.from_numpy(self.vectors).to(self.scorer.device)
+        return self.scorer.user_vectors_for(histories, vectors).float().cpu().numpy()
+
+    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
+        """Top-``k`` items for one history (oldest first)."""
+        return self.recommend_batch([history], k, exclude_history)[0]
+
+    def recommend_batch(
+        self, histories: list[list[str]], k: int = 10, exclude_history: bool = True
+    ) -> list[list[Recommendation]]:
+        """Top-``k`` items for each history; ties in score go to the lower catalogue row."""
+        users = self.user_vectors(histories)
+        longest = max((len(h) for h in histories), default=0)
+        depth = min(len(self.item_ids), k + (longest if exclude_history else 0))
+        scores, found = self.index.search(np.ascontiguousarray(users, dtype=np.float32), depth)
+        results = []
+        for history, row_scores, row_items in zip(histories, scores, found, strict=True):
+            rows = self.to_indices(history)
+            seen = set(rows.tolist()) if exclude_history else set()
+            picked = [
+                (float(s), int(i)) for s, i in zip(row_scores, row_items, strict=True) if i >= 0 and int(i) not in seen
+            ]
+            picked.sort(key=lambda pair: (-pair[0], pair[1]))
+            results.append([self._explain(i, s, rows) for s, i in picked[:k]])
+        return results
+
+    def _explain(self, item: int, score: float, history_rows: np.ndarray) -> Recommendation:
+        """Score on the model's scale (cosine / temperature), and the most similar history item."""
+        because = None
+        if len(history_rows):
+            nearest = int(np.argmax(self.vectors[history_rows] @ self.vectors[item]))
+            because = self.item_ids[history_rows[nearest]]
+        return Recommendation(self.item_ids[item], score / self.scorer.model.config.temperature, because)
+
+    def add_items(self, new_items: pd.DataFrame) -> None:
+        """Encode ``new_items`` (``item_id``, ``text``) from their text and add them to the index.
+
+        Raises:
+            ServingError: an id already in the catalogue, or a missing/empty text.
+        """
+        missing = {"item_id", "text"} - set(new_items.columns)
+        if missing:
+            raise ServingError(f"new items need columns item_id and text; missing {sorted(missing)}")
+        ids = new_items["item_id"].astype(str).to_numpy()
+        clash = [i for i in ids if i in self.position]
+        if clash:
+            raise ServingError(f"item ids already in the catalogue: {clash[:5]}")
+        empty = new_items["text"].fillna("").astype(str).str.strip() == ""
+        if empty.any():
+            raise ServingError(f"new items without text: {ids[empty.to_numpy()][:5].tolist()}")
+        if not self.scorer.model.items.use_text:
+            raise ServingError(
+                "this bundle's item tower uses ids only (model.item_repr: id); it cannot encode new items"
+            )
+        start = len(self.item_ids)
+        rows = np.arange(start, start + len(ids))
+        vectors = encode_items(self.scorer, new_items["text"].tolist(), rows, progress=False)
+        self.index.add(np.ascontiguousarray(vectors))
+        self.vectors = np.vstack([self.vectors, vectors])
+        added = pd.DataFrame({"item_idx": rows, "item_id": ids, "text": new_items["text"].to_numpy()})
+        self.items = pd.concat([self.items, added], ignore_index=True)
+        titles = new_items["title"] if "title" in new_items else new_items["text"]
+        self.scorer.titles = np.concatenate([self.scorer.titles, titles.to_numpy(dtype=object)])
+        self._refresh_ids()
+
+
+class CatalogueScorer(Scorer):
+    """A loaded bundle scoring another catalogue, matched by item id, through its served vectors.
+
+    This is how a registered model is evaluated on data newer than itself (the promotion gate
+    re-evaluates the champion on the current split): items it does not know are encoded from their
+    text (:meth:`Recommender.add_items`), and every score is cosine of the stored float16 vectors,
+    exactly as served.
+
+    Args:
+        items: the catalogue to score (``item_idx`` = row, ``item_id``, ``text``).
+        text_only: rows of ``items`` whose vector is their text part alone, as for items nobody
+            interacted with in training (the cold-start path; zero vectors for an ``id`` model).
+    """
+
+    name = "bertrec"
+
+    def __init__(self, recommender: Recommender, items: pd.DataFrame, text_only: np.ndarray | None = None) -> None:
+        ids = items["item_id"].astype(str)
+        unknown = items.loc[~ids.isin(recommender.position)]
+        if len(unknown):
+            recommender.add_items(unknown)
+        self.recommender = recommender
+        self.rows = recommender.to_indices(ids.tolist())  # (n_items,) current row -> recommender row
+        self.vectors = recommender.vectors[self.rows].copy()  # (n_items, dim)
+        if text_only is not None and len(text_only):
+            scorer = recommender.scorer
+            if scorer.model.items.use_text:
+                beyond = np.full(len(text_only), scorer.n_items)  # no ID embedding: text part only
+                texts = items["text"].to_numpy()[text_only].tolist()
+                self.vectors[text_only] = encode_items(scorer, texts, beyond, progress=False)
+            else:
+                self.vectors[text_only] = 0.0
+
+    def fit(self, train) -> CatalogueScorer:  # already trained
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        mapped = Histories(histories.indptr, self.rows[histories.items])
+        users = self.recommender.user_vectors_of_rows(mapped)  # (batch, dim)
+        return (users @ self.vectors.T) / self.recommender.scorer.model.config.temperature

@@ -1,0 +1,1 @@
+"""One module per dvc.yaml stage: ``run(params) -> result``, called alike by the CLI and the flows."""
