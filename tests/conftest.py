@@ -88,10 +88,10 @@ class PrefectServer:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
-    """One real `prefect server start` on loopback for the session, with the process pools `cpu` and `gpu`.
+    """One real `prefect server start` on loopback for the session: the pools `cpu` and `gpu`, prefect.yaml deployed.
 
-    Tests deploy prefect.yaml from their own checkout (a later deploy replaces the deployments) and
-    tell their flow runs apart by id, so that sharing the server shares nothing else.
+    The deployments run in whatever checkout a worker's BERTREC_PROJECT_DIR names (prefect.yaml's
+    pull step), so one deployment serves every test; tests tell their flow runs apart by id.
     """
     import subprocess
     import sys
@@ -101,13 +101,15 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("prefect-server")
     with prefect_server(root) as api:
         env = os.environ | prefect_env(root, api) | {"HF_HUB_OFFLINE": "1"}
-        for pool in ("cpu", "gpu"):
-            subprocess.run(
-                [str(Path(sys.executable).parent / "prefect"), "work-pool", "create", pool, "--type", "process"],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            for pool in ("cpu", "gpu"):
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        prefect = str(Path(sys.executable).parent / "prefect")
+        subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True)
         yield PrefectServer(api, root / "prefect-home", env)
 
 

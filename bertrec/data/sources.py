@@ -46,8 +46,8 @@ class Source:
 
     loaded: Loaded
     name: str
-    route: str
-    detail: str
+    route: str  # local, grouplens, recbole-wheel, or cached:<route>
+    detail: str  # the file or folder name, the URL or the wheel: never a path of this machine
 
 
 class RouteUnavailable(RuntimeError):
@@ -187,24 +187,24 @@ def load_source(params: Params) -> Source:
             raise DataError("data.source 'table' needs data.path (interactions) and data.items_path (items)")
         loaded = read_tables(data.path, data.items_path, data.columns, fields or _identity(data.text_template),
                              data.delimiter, data.encoding, data.list_sep)
-        return Source(loaded, data.name or data.path.stem, "local", str(data.path))
+        return Source(loaded, data.name or data.path.stem, "local", data.path.name)
     if data.source == "recbole":
         if data.path is None:
             raise DataError("data.source 'recbole' needs data.path: the folder of NAME.inter and NAME.item")
         folder = _local_folder(data.path, paths.raw)
         name = data.name or folder.name
         loaded = read_recbole(folder, name, data.columns, fields or _identity(data.text_template))
-        return Source(loaded, name, "local", str(data.path))
+        return Source(loaded, name, "local", data.path.name)
     if data.source == "movielens":
         if data.path is None:
             raise DataError("data.source 'movielens' needs data.path: a MovieLens folder or .zip archive")
         folder = _local_folder(data.path, paths.raw)
-        return Source(read_movielens(folder), data.name or folder.name, "local", str(data.path))
+        return Source(read_movielens(folder), data.name or folder.name, "local", data.path.name)
     # movielens-100k
     recbole_fields = fields or RECBOLE_ML100K_FIELDS
     if data.path is not None:
         folder = _local_folder(data.path, paths.raw)
-        route, detail = "local", str(data.path)
+        route, detail = "local", data.path.name
     else:
         folder, route, detail = fetch_ml100k(paths.raw, paths.cache, data.routes)
     log.info("MovieLens-100K route: %s (%s)", route, detail)

@@ -6,6 +6,7 @@ Outputs are those of :mod:`bertrec.data.dataset`, in ``paths.prepared``, replace
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ class Prepared:
 def run(params: Params) -> Prepared:
     """Load the configured source, clean it and write the prepared tables and the manifest.
 
+    The manifest holds no path of this machine (see :func:`portable_names`), so equal data prepare
+    into byte-equal outputs wherever they are read from.
+
     Nothing is written unless every check passed; the previous outputs stay as they were.
     Raises DataError.
     """
@@ -47,7 +51,7 @@ def run(params: Params) -> Prepared:
         "format": source.loaded.format,
         "route": source.route,
         "detail": source.detail,
-        "inputs": {_display(p): sha256_file(p) for p in source.loaded.files},
+        "inputs": {name: sha256_file(p) for name, p in portable_names(source.loaded.files).items()},
         "rows": {"raw": cleaned.raw_rows, "after_window": cleaned.after_window, "kept": len(data.interactions)},
         "window": params.data.window.isoformat() if params.data.window else None,
         "dropped": cleaned.dropped,
@@ -73,8 +77,16 @@ def run(params: Params) -> Prepared:
     return Prepared(params.paths.prepared, manifest)
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+def portable_names(files: list[Path]) -> dict[str, Path]:
+    """The input files by their path below their common folder, e.g. ``{"log.csv": ..., "items/items.csv": ...}``.
+
+    The manifest names inputs so, not by where the checkout lives: the same data prepared in another
+    folder (a clone, the replay's workspace) is the same DVC output, and DVC's run-cache can reuse it.
+    """
+    resolved = [Path(f).resolve() for f in files]
+    if not resolved:
+        return {}
+    common = Path(os.path.commonpath(resolved))
+    if len(resolved) == 1 or common in resolved:
+        common = common.parent
+    return {str(f.relative_to(common)): f for f in resolved}

@@ -10,7 +10,7 @@ import pytest
 
 from bertrec.mlops.replay import replay
 
-from builders import LENGTH, N_USERS, T0, WEEK, dvc, dvc_project, write_timed_logs
+from builders import LENGTH, N_USERS, T0, WEEK, dvc
 
 pytestmark = pytest.mark.integration
 
@@ -19,18 +19,10 @@ def git(root, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
 
 
-def test_replay_trains_checks_and_versions_each_step(tmp_path, tiny_encoder, mlflow_uri):
-    root = dvc_project(
-        tmp_path / "project",
-        tiny_encoder,
-        mlflow_uri,
-        "baselines.models=[popular]",
-        "data.path=incoming/same.csv",
-        "drift.min_rows=50",
-        "drift.sample_users=40",
-        "train.epochs=10",
-    )
-    write_timed_logs(root / "incoming")
+def test_replay_trains_checks_and_versions_each_step(tmp_path, project_copy):
+    # Given a project whose pipeline ran on week one of the log (the session's built project): the replay's
+    # workspace shares its DVC cache, so the stages of step 0 that saw the same inputs come from the run-cache
+    root = project_copy()
     work = tmp_path / "replay"
     start = datetime.fromtimestamp(T0 + WEEK, tz=UTC)
     # When the replay starts after week one and steps a week at a time

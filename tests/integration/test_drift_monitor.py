@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from builders import LENGTH, N_USERS, T0, WEEK, dvc, iso
+from builders import LENGTH, N_USERS, T0, WEEK, iso
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -70,21 +70,29 @@ def delete_runs(env: dict[str, str], runs: list) -> None:
 def monitor(root: Path, env: dict[str, str], log: str) -> dict:
     """Run drift-monitor/daily on the second week of ``log`` through a real worker; returns verdict.json."""
     overrides = {"data": {"path": f"incoming/{log}", "window": iso(T0 + 2 * WEEK)}}
-    prefect(root, env, "deployment", "run", "drift-monitor/daily", "--params", json.dumps({"overrides": overrides}))
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        run_deployment("drift-monitor/daily", parameters={"overrides": overrides}, timeout=0)  # as the UI does
     prefect(root, env, "worker", "start", "--pool", "cpu", "--run-once")
     return json.loads((root / "outputs" / "drift" / "verdict.json").read_text())
 
 
-def test_monitor_deployment_starts_training_on_drift_only(project_copy, prefect_api, mlflow_uri):
-    # Given a champion trained on the first week (the built project, registered under this test's name)
+def test_monitor_deployment_starts_training_on_drift_only(built_project, project_copy, prefect_api, mlflow_uri):
+    # Given a champion trained on the first week: the built project's model, registered under this test's name
     root = project_copy(f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test")
-    dvc(root, "repro", "register")
     client = MlflowClient(mlflow_uri, mlflow_uri)
+    built = json.loads((built_project.root / "metrics" / "register.json").read_text())
+    source = client.get_model_version(built["model"], built["version"])
+    copied = client.copy_model_version(f"models:/{built['model']}/{built['version']}", MODEL)
+    for key, value in source.tags.items():
+        client.set_model_version_tag(MODEL, copied.version, key, value)
+    client.set_registered_model_alias(MODEL, "champion", copied.version)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert float(champion.tags["data.end"]) <= T0 + WEEK
 
     env = prefect_api.env | {"BERTREC_PROJECT_DIR": str(root), "PATH": f"{BIN}:/usr/bin:/bin"}
-    prefect(root, env, "--no-prompt", "deploy", "--all")
     earlier = {r.id for name in ("daily", "weekly") for r in flow_runs(env, name)}
 
     try:

@@ -49,7 +49,6 @@ def pipeline_run(tmp_path_factory, built_project, tiny_encoder, mlflow_uri, pref
     gpu_checkout = dvc_project(base / "gpu-worker", tiny_encoder, mlflow_uri, remote=remote)
     lock_before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     env = prefect_api.env
-    prefect(project, env, "--no-prompt", "deploy", "--all")
     with (
         background(
             [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"],

@@ -64,6 +64,29 @@ def project(tmp_path_factory, tiny_encoder, mlflow_uri):
     return root, bundles, mlflow_uri
 
 
+@pytest.fixture(scope="module")
+def medium_version(project) -> tuple[str, str]:
+    """The medium bundle registered once, through the gate: ``(model, version)`` of the version to copy."""
+    _, bundles, _ = project
+    return "medium-source", register(params_of(bundles["medium"], "medium-source")).version
+
+
+def given_champion(uri: str, source: tuple[str, str], model: str) -> str:
+    """Make a copy of the registered ``source`` version (tags too) the champion of ``model``; returns its version.
+
+    For tests whose subject comes after the first registration: the copy is what `register` left for the
+    medium bundle, without its upload and gate being run again.
+    """
+    client = MlflowClient(uri, uri)
+    name, version = source
+    copied = client.copy_model_version(f"models:/{name}/{version}", model)
+    for key, value in client.get_model_version(name, version).tags.items():
+        client.set_model_version_tag(model, copied.version, key, value)
+    for alias in (CHAMPION, CHALLENGER):
+        client.set_registered_model_alias(model, alias, copied.version)
+    return str(copied.version)
+
+
 def aliases(p) -> dict[str, str | None]:
     client = MlflowClient(p.mlflow.tracking_uri, p.mlflow.tracking_uri)
     return {a: alias_version(client, p.mlflow.registered_model, a) for a in (CHAMPION, CHALLENGER, PREVIOUS)}
@@ -214,10 +237,10 @@ def _register_in_subprocess(args: list[str], model: str, die_at: str | None = No
 
 
 @pytest.mark.parametrize("die_at", ["uploaded", "decided"])
-def test_killed_between_upload_and_alias_switch_changes_no_alias(project, die_at):
+def test_killed_between_upload_and_alias_switch_changes_no_alias(project, medium_version, die_at):
     _, bundles, uri = project
     model = f"killed-{die_at}"
-    register(params_of(bundles["medium"], model))
+    given_champion(uri, medium_version, model)
     p = params_of(bundles["strong"], model)
     before = aliases(p)
     assert before[CHAMPION] == "1"
@@ -231,10 +254,10 @@ def test_killed_between_upload_and_alias_switch_changes_no_alias(project, die_at
     assert "gate.promote" not in next(r for r in versions(p) if r.version == "2").tags
 
 
-def test_two_runs_finishing_together_leave_one_consistent_champion(project):
+def test_two_runs_finishing_together_leave_one_consistent_champion(project, medium_version):
     _, bundles, uri = project
     model = "concurrent"
-    register(params_of(bundles["medium"], model))  # v1, the champion both runs face first
+    given_champion(uri, medium_version, model)  # v1, the champion both runs face first
     assert aliases(params_of(bundles["medium"], model))[CHAMPION] == "1"
     # When two better models are registered at the same moment
     a = _register_in_subprocess(bundles["strong"], model)
@@ -255,15 +278,15 @@ def test_two_runs_finishing_together_leave_one_consistent_champion(project):
         assert final[PREVIOUS] == "1"
 
 
-def test_promote_and_rollback_flows_drive_the_registry(project, tmp_path, monkeypatch, prefect_api):
+def test_promote_and_rollback_flows_drive_the_registry(project, medium_version, tmp_path, monkeypatch, prefect_api):
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     from bertrec.config import apply_overrides
     from flows.registry import promote, rollback
 
-    _, bundles, _ = project
+    _, bundles, uri = project
     model = "manual"
-    register(params_of(bundles["medium"], model))  # v1 champion
+    given_champion(uri, medium_version, model)  # v1 champion
     register(params_of(bundles["weak"], model))  # v2 stays challenger
     # Given a project folder whose params.yaml is this test's configuration
     apply_overrides(tmp_path / "params.yaml", [*overrides(bundles["weak"]), f"mlflow.registered_model={model}"])

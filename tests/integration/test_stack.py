@@ -49,29 +49,15 @@ def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
         prefect_ui, mlflow_ui = (line.split()[2] for line in out.splitlines()[:2])
         assert answers(f"{prefect_ui}/api/health") and answers(f"{mlflow_ui}/health")
         api = prefect_ui + "/api"
-        listed = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "ls"],
-            env=env | {"PREFECT_API_URL": api},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for name in (
+        deployments, pools = read_server(api, tmp_path)
+        assert {
             "training-pipeline/weekly",
             "drift-monitor/daily",
             "train-stage/gpu",
             "promote/manual",
             "rollback/rollback",
-        ):
-            assert name in listed, listed
-        pools = subprocess.run(
-            [str(BIN / "prefect"), "work-pool", "ls"],
-            env=env | {"PREFECT_API_URL": api},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert " cpu " in pools and " gpu " in pools
+        } <= deployments
+        assert {"cpu", "gpu"} <= pools
         # the server's scheduler turns the weekly cron into scheduled flow runs (the ephemeral server never does)
         assert scheduled_runs(api, tmp_path, "weekly") >= 1
         assert "Prefect UI" in bertrec(root, env, "stack", "up", *ports)  # idempotent: finds it running
@@ -83,6 +69,24 @@ def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
     assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= names == set(groups)
     assert not answers(f"{prefect_ui}/api/health") and not answers(f"{mlflow_ui}/health")
     assert all(live_members(group) == [] for group in groups.values()), groups
+
+
+def read_server(api: str, tmp_path: Path) -> tuple[set[str], set[str]]:
+    """The deployments (``flow/deployment``) and work pools the Prefect server at ``api`` holds."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    async def read() -> tuple[set[str], set[str]]:
+        async with get_client() as client:
+            deployments = await client.read_deployments()
+            flows = {f.id: f.name for f in await client.read_flows()}
+            pools = await client.read_work_pools()
+            return {f"{flows[d.flow_id]}/{d.name}" for d in deployments}, {p.name for p in pools}
+
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: tmp_path / "prefect-home"}):
+        return asyncio.run(read())
 
 
 def scheduled_runs(api: str, tmp_path: Path, deployment: str, timeout: float = 120.0) -> int:

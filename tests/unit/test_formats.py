@@ -134,3 +134,21 @@ def test_generic_table(make_params, tmp_path, fmt):
     assert len(manifest["inputs"]) == 2 and all(len(h) == 64 for h in manifest["inputs"].values())
     saved = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     assert saved["outputs"] == manifest["outputs"]
+
+
+def test_the_same_data_in_another_folder_prepares_into_the_same_bytes(make_params, tmp_path, monkeypatch):
+    # Given one ml-100k log copied into two folders, named once by an absolute and once by a relative path
+    import shutil
+
+    first = write_ml100k(tmp_path / "a" / "ml-100k")
+    shutil.copytree(first, tmp_path / "b" / "elsewhere" / "ml-100k")
+    monkeypatch.chdir(tmp_path / "b")
+    outputs = []
+    for path, out in ((str(first), "prepared-a"), ("elsewhere/ml-100k", "prepared-b")):
+        # When each is prepared
+        prepare_step.run(make_params(f"data.path={path}", f"paths.prepared={tmp_path / out}"))
+        outputs.append({f.name: f.read_bytes() for f in sorted((tmp_path / out).iterdir())})
+    # Then the prepared tables and the manifest are byte for byte the same: no path of the machine in them
+    assert outputs[0] == outputs[1] and set(outputs[0]) == {"interactions.parquet", "items.parquet", "manifest.json"}
+    manifest = json.loads(outputs[0]["manifest.json"])
+    assert sorted(manifest["inputs"]) == ["u.data", "u.item"] and manifest["detail"] == "ml-100k"
