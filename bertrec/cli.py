@@ -82,31 +82,25 @@ def command(registered: Callable) -> Callable:
     return decorate
 
 
-def _params(path: Path, sets: list[str] | None, *more: str) -> Params:
+def read_params(path: Path, sets: list[str] | None, *more: str) -> Params:
+    """The params file with the command's --set overrides (and ``more``) applied; raises ConfigError."""
     return load_params(path, [*(sets or []), *more])
 
 
-# Stages whose command takes nothing but the params; each runs bertrec.steps.<name>.run(params).
-PLAIN_STAGES = {
-    "fetch": "Put the raw data under paths.raw, the snapshot DVC versions: fetch MovieLens-100K or copy a local log.",
-    "prepare": "Load the configured source, validate and clean it, write Parquet tables and a manifest.",
-    "embed": "Encode every catalogue item from its text through the trained item tower (float16 + id map).",
-    "index": "Build the FAISS index of the item vectors; measure its recall@10 against exact search.",
-    "evaluate": "Evaluate the trained model beside every baseline on the split it was trained on; one table.",
-}
+def plain_stage(name: str, help_text: str) -> None:
+    """A command for a stage that takes nothing but the params: it prints bertrec.steps.<name>.run(params)."""
 
-
-def _plain_stage(name: str, help_text: str) -> None:
     def stage(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> None:
         step = importlib.import_module(f"bertrec.steps.{name}")
-        typer.echo(step.run(_params(params, set_)).summary())
+        typer.echo(step.run(read_params(params, set_)).summary())
 
     stage.__doc__ = help_text
     command(app.command(name))(stage)
 
 
-for _name, _help in PLAIN_STAGES.items():
-    _plain_stage(_name, _help)
+# The stage commands in the order the stages run (so `bertrec --help` lists them so).
+plain_stage("fetch", "Put the raw data under paths.raw, the snapshot DVC versions: fetch MovieLens-100K or copy a log.")
+plain_stage("prepare", "Load the configured source, validate and clean it, write Parquet tables and a manifest.")
 
 
 @command(app.command())
@@ -114,7 +108,7 @@ def split(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, name: SplitsO
     """Write the train/valid/test splits of PROTOCOL.md (loo, ratio, cold_items; default: all) as Parquet."""
     from bertrec.steps import split as step
 
-    typer.echo(step.run(_params(params, set_), name).summary())
+    typer.echo(step.run(read_params(params, set_), name).summary())
 
 
 @command(app.command())
@@ -122,7 +116,7 @@ def baselines(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, name: Spl
     """Evaluate every baseline on the splits (default: eval.splits); write metrics/baselines.json, print tables."""
     from bertrec.steps import baselines as step
 
-    typer.echo(step.run(_params(params, set_), name).summary())
+    typer.echo(step.run(read_params(params, set_), name).summary())
 
 
 @command(app.command())
@@ -137,7 +131,12 @@ def train(
     """
     from bertrec.steps import train as step
 
-    typer.echo(step.run(_params(params, set_, *([f"train.split={split_name}"] if split_name else []))).summary())
+    typer.echo(step.run(read_params(params, set_, *([f"train.split={split_name}"] if split_name else []))).summary())
+
+
+plain_stage("embed", "Encode every catalogue item from its text through the trained item tower (float16 + id map).")
+plain_stage("index", "Build the FAISS index of the item vectors; measure its recall@10 against exact search.")
+plain_stage("evaluate", "Evaluate the trained model beside every baseline on the split it was trained on; one table.")
 
 
 @command(app.command())
@@ -155,7 +154,7 @@ def register(
     from bertrec.steps import register as step
 
     tags = json.loads(os.environ.get(RUN_TAGS_ENV, "{}"))
-    typer.echo(step.run(_params(params, set_), run_name or os.environ.get(RUN_NAME_ENV), tags).summary())
+    typer.echo(step.run(read_params(params, set_), run_name or os.environ.get(RUN_NAME_ENV), tags).summary())
 
 
 @command(app.command())
@@ -172,7 +171,7 @@ def drift(
     """
     from bertrec.steps import drift as step
 
-    outcome = step.run(_params(params, set_), json.loads(os.environ.get(RUN_TAGS_ENV, "{}")))
+    outcome = step.run(read_params(params, set_), json.loads(os.environ.get(RUN_TAGS_ENV, "{}")))
     typer.echo(outcome.summary())
     if fail_on_drift and outcome.drift:
         raise typer.Exit(DRIFT_FOUND)

@@ -17,9 +17,9 @@ from bertrec.cli import (
     ParamsOpt,
     PrefectPortOpt,
     SetOpt,
-    _params,
     app,
     command,
+    read_params,
     registry_app,
     stack_app,
 )
@@ -40,7 +40,7 @@ def recommend(
     from bertrec.data.dataset import load_dataset
     from bertrec.serve.recommender import Recommender
 
-    p = _params(params, set_)
+    p = read_params(params, set_)
     if (user is None) == (history is None):
         raise ConfigError("give exactly one of --user or --history")
     if user is not None:
@@ -85,7 +85,7 @@ def replay(
     from bertrec.mlops.replay import replay as run_replay
     from bertrec.render import replay_table
 
-    _params(params, set_)  # validate before building anything
+    read_params(params, set_)  # validate before building anything
     try:
         first = datetime.fromisoformat(start)
     except ValueError:
@@ -108,7 +108,7 @@ def registry_status(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -> 
     from bertrec.mlops.tracking import mlflow_name
     from bertrec.render import versions_table
 
-    p = _params(params, set_)
+    p = read_params(params, set_)
     rows = versions(p)
     if not rows:
         typer.echo(f"{p.mlflow.registered_model}: no versions at {p.mlflow.tracking_uri}")
@@ -121,7 +121,7 @@ def registry_rollback(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None) -
     """Move the `champion` alias back to the `previous` version."""
     from bertrec.mlops.registry import rollback
 
-    p = _params(params, set_)
+    p = read_params(params, set_)
     before, after = rollback(p)
     typer.echo(f"{p.mlflow.registered_model}: champion moved from version {before} back to version {after}")
 
@@ -137,7 +137,7 @@ def serve(
     """Serve models:/<registered_model>@<alias> with `mlflow models serve` (POST /invocations)."""
     from bertrec.mlops.stack import serve as run_server
 
-    p = _params(params, set_)
+    p = read_params(params, set_)
     typer.echo(
         f"serving models:/{p.mlflow.registered_model}@{alias} from {p.mlflow.tracking_uri} "
         f"on http://{host}:{port}/invocations"
@@ -155,7 +155,7 @@ def stack_up(
     """Start the Prefect and MLflow servers and a worker per pool (cpu, gpu), create the pools, deploy prefect.yaml."""
     from bertrec.mlops.stack import StackConfig, up
 
-    for line in up(StackConfig.of(_params(params, set_), Path.cwd(), prefect_port, mlflow_port)):
+    for line in up(StackConfig.of(read_params(params, set_), Path.cwd(), prefect_port, mlflow_port)):
         typer.echo(line)
 
 
@@ -169,7 +169,7 @@ def stack_down(
     """Stop what `stack up` started."""
     from bertrec.mlops.stack import StackConfig, down
 
-    stopped = down(StackConfig.of(_params(params, set_), Path.cwd(), prefect_port, mlflow_port))
+    stopped = down(StackConfig.of(read_params(params, set_), Path.cwd(), prefect_port, mlflow_port))
     typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
