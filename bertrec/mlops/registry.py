@@ -24,7 +24,7 @@ import bertrec
 from bertrec.config import Params
 from bertrec.errors import RegistryError
 from bertrec.mlops.tracking import mlflow_name
-from bertrec.model.bundle import EMBEDDINGS, INDEX, MODEL
+from bertrec.model.layout import EMBEDDINGS, INDEX, MODEL
 from bertrec.serve.pyfunc import BUNDLE_ARTIFACT, DEFAULT_K, SIGNATURE, BundleModel, input_example, pip_requirements
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"

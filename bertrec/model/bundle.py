@@ -27,15 +27,10 @@ from bertrec.errors import MissingInputError
 from bertrec.io import atomic_dir
 from bertrec.model.encoder import TextEncoder, pick_device
 from bertrec.model.features import ItemTextFeatures
+from bertrec.model.layout import HISTORIES, MODEL, TRAINING, WEIGHTS
 from bertrec.model.scorer import TowerScorer
 from bertrec.model.towers import TowerConfig, TwoTower
 
-MODEL = "model"
-EMBEDDINGS = "embeddings"
-INDEX = "index"
-WEIGHTS = "weights.safetensors"
-HISTORIES = "histories.parquet"
-TRAINING = "training.json"  # the training record: params, epochs, best epoch, split
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
 
 

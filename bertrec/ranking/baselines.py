@@ -15,7 +15,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from bertrec.config import Params
-from bertrec.model.encoder import TextEncoder
 from bertrec.ranking.scoring import Histories, Scorer, TrainSet
 
 SIMILARITY_BLOCK = 2048
@@ -90,6 +89,8 @@ class TextZeroShot(Scorer):
         texts = train.items["text"].tolist()
         digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
         if digest != self._texts_digest:
+            from bertrec.model.encoder import TextEncoder  # torch: only for this baseline
+
             encoder = TextEncoder.load(self.encoder_name, self.max_length)
             self.vectors = encoder.encode(texts, self.batch_size)  # (n_items, dim), unit norm
             self._texts_digest = digest

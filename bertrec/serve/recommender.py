@@ -15,9 +15,11 @@ import pandas as pd
 import torch
 
 from bertrec.errors import ServingError, UnknownItemError, UnknownUserError
-from bertrec.model.bundle import HISTORIES, INDEX, MODEL, load_model
-from bertrec.model.embed import encode_items, read_embeddings
+from bertrec.model.bundle import load_model
+from bertrec.model.embed import encode_items
 from bertrec.model.index import read_index
+from bertrec.model.layout import HISTORIES, INDEX, MODEL
+from bertrec.model.vectors import read_embeddings
 from bertrec.ranking.scoring import Histories, Scorer
 
 

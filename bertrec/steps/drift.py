@@ -33,7 +33,6 @@ from bertrec.mlops.drift.monitor import (
     summary_metrics,
     windows_of,
 )
-from bertrec.mlops.gate import load_version
 from bertrec.mlops.registry import CHAMPION
 from bertrec.mlops.tracking import connect
 from bertrec.render import verdict_table
@@ -84,6 +83,8 @@ def run(p: Params, run_tags: dict[str, str] | None = None) -> Outcome:
         return _write(
             p, Verdict.of([]), folder, context | {"status": TOO_FEW_ROWS, "reason": reason}, run_tags=run_tags
         )
+    from bertrec.mlops.gate import load_version  # torch and the model: only when there is something to check
+
     with tempfile.TemporaryDirectory() as tmp:
         recommender = load_version(client, name, str(champion.version), Path(tmp), p)
         verdict, quality, report = run_checks(recommender, data, windows, p)

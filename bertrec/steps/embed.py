@@ -7,7 +7,8 @@ from pathlib import Path
 
 from bertrec.config import Params
 from bertrec.model.bundle import load_model
-from bertrec.model.embed import EmbedStats, embed_catalogue, write_embeddings
+from bertrec.model.embed import embed_catalogue
+from bertrec.model.vectors import EmbedStats, write_embeddings
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertrec.config import Params
-from bertrec.model.bundle import INDEX
-from bertrec.model.embed import read_embeddings
 from bertrec.model.index import IndexInfo, write_index
+from bertrec.model.layout import INDEX
+from bertrec.model.vectors import read_embeddings
 
 
 @dataclass(frozen=True)

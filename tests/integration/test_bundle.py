@@ -8,10 +8,12 @@ import pytest
 
 from bertrec.data.split import split_loo
 from bertrec.errors import UnknownItemError
-from bertrec.model.bundle import INDEX, load_model, save_model, training_record
-from bertrec.model.embed import embed_catalogue, write_embeddings
+from bertrec.model.bundle import load_model, save_model, training_record
+from bertrec.model.embed import embed_catalogue
 from bertrec.model.index import write_index
+from bertrec.model.layout import INDEX
 from bertrec.model.train import train
+from bertrec.model.vectors import write_embeddings
 from bertrec.serve.recommender import Recommender
 
 from builders import cyclic_dataset, tiny_model
