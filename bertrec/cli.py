@@ -51,6 +51,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
         handlers=[_StderrHandler()],
         force=True,  # one handler, however often the app is invoked in one process
     )
+    # faiss announces at INFO which of its builds it tried to load, on every import
+    logging.getLogger("faiss").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 class _StderrHandler(logging.StreamHandler):

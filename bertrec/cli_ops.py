@@ -34,7 +34,7 @@ def recommend(
         str | None, typer.Option("--user", help="A user id of the prepared data: their full history.")
     ] = None,
     history: Annotated[str | None, typer.Option("--history", help="Item ids, oldest first, comma-separated.")] = None,
-    k: Annotated[int, typer.Option("--k", help="How many items.")] = 10,
+    k: Annotated[int, typer.Option("--k", min=1, help="How many items (at least 1).")] = 10,
 ) -> None:
     """Recommend for a known user or an ad-hoc history, with the history item behind each pick."""
     from bertrec.data.dataset import load_dataset

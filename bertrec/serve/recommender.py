@@ -111,12 +111,16 @@ class Recommender:
         """Encode ``new_items`` (``item_id``, ``text``) from their text and add them to the index.
 
         Raises:
-            ServingError: an id already in the catalogue, or a missing/empty text.
+            ServingError: an id already in the catalogue or twice in the batch, or a missing/empty text;
+                nothing is added then.
         """
         missing = {"item_id", "text"} - set(new_items.columns)
         if missing:
             raise ServingError(f"new items need columns item_id and text; missing {sorted(missing)}")
         ids = new_items["item_id"].astype(str).to_numpy()
+        repeated = sorted({i for i in ids if (ids == i).sum() > 1})
+        if repeated:
+            raise ServingError(f"new items repeat item ids: {repeated[:5]}; each id once per batch")
         clash = [i for i in ids if i in self.position]
         if clash:
             raise ServingError(f"item ids already in the catalogue: {clash[:5]}")

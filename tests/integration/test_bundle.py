@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bertrec.data.split import split_loo
-from bertrec.errors import UnknownItemError
+from bertrec.errors import ServingError, UnknownItemError
 from bertrec.model.bundle import load_model, save_model, training_record
 from bertrec.model.embed import embed_catalogue
 from bertrec.model.index import write_index
@@ -99,5 +99,9 @@ def test_add_items_makes_a_new_item_retrievable_by_its_text(bundle):
     assert recommender.item_ids[found[0, 0]] == "new-1"
     picks = recommender.recommend(["3", "4", "5", "6"], k=recommender.index.ntotal - 4)
     assert "new-1" in {p.item_id for p in picks}
-    with pytest.raises(ValueError, match="already in the catalogue"):
+    with pytest.raises(ServingError, match="already in the catalogue"):
         recommender.add_items(pd.DataFrame({"item_id": ["new-1"], "text": ["x"]}))
+    # A batch that names one new id twice is refused whole, naming the id
+    with pytest.raises(ServingError, match=r"new items repeat item ids: \['new-2'\]"):
+        recommender.add_items(pd.DataFrame({"item_id": ["new-2", "new-3", "new-2"], "text": ["a", "b", "c"]}))
+    assert recommender.index.ntotal == before + 1 and "new-2" not in set(recommender.item_ids)

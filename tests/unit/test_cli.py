@@ -78,3 +78,9 @@ def test_every_error_kind_has_its_own_exit_code():
 
 def _subclasses(kind: type) -> list[type]:
     return [sub for direct in kind.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+def test_recommend_refuses_a_k_below_one_before_loading_anything(tmp_path):
+    result = runner.invoke(app, ["recommend", "--params", str(tmp_path / "p.yaml"), "--history", "1", "--k", "-1"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--k': Input should be greater than or equal to 1" in result.output
