@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from bertrec.config import Params
 from bertrec.data.dataset import load_dataset
+from bertrec.errors import RegistryError
 from bertrec.io import write_json
 from bertrec.mlops.drift.checks import Verdict, write_verdict
 from bertrec.mlops.drift.monitor import (
@@ -37,6 +40,9 @@ from bertrec.mlops.registry import CHAMPION
 from bertrec.mlops.tracking import connect
 from bertrec.render import verdict_table
 
+# What MLflow answers for a registered model that does not exist, and for an alias it does not have.
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -54,15 +60,21 @@ class Outcome:
 
 
 def run(p: Params, run_tags: dict[str, str] | None = None) -> Outcome:
-    """Run the checks against the registry's champion, write the verdict and log it to MLflow (with ``run_tags``)."""
-    client = connect(p)
+    """Run the checks against the registry's champion, write the verdict and log it to MLflow (with ``run_tags``).
+
+    Raises RegistryError, before anything is written, when MLflow cannot be read: an outage is not
+    "no champion", which would read as "no drift".
+    """
     name = p.mlflow.registered_model
+    try:
+        client = connect(p)
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND:
+            raise RegistryError(f"cannot read the champion of {name} at {p.mlflow.tracking_uri}: {exc}") from None
+        champion = None  # no such model, or no champion alias yet
     data = load_dataset(p.paths.prepared)
     context: dict[str, Any] = {"status": CHECKED, "data_window": p.data.window.isoformat() if p.data.window else "all"}
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - MLflow raises one exception type for "no such alias" and "no such model"
-        champion = None
     folder = p.paths.outputs / DRIFT_DIR
     if champion is None:
         return _write(

@@ -303,7 +303,27 @@ def test_promote_and_rollback_flows_drive_the_registry(project, medium_version, 
         assert aliases(p) == {CHAMPION: "2", CHALLENGER: "2", PREVIOUS: "1"}
         # And the rollback flow moves champion back
         assert rollback(project_dir=str(tmp_path)) == {"from": "2", "to": "1"}
+        # A rollback with nothing to roll back to fails at once, with the reason: a refusal is not retried
+        refused = rollback(project_dir=str(tmp_path), return_state=True)
+        assert refused.is_failed() and "no `previous` version" in refused.message
+        tasks = _task_runs(prefect_api, refused.state_details.flow_run_id)
+        assert [(t.name.split("-")[0], t.run_count) for t in tasks] == [("rollback_task", 1)]
     assert aliases(p)[CHAMPION] == "1"
+
+
+def _task_runs(server, flow_run_id) -> list:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    with temporary_settings({PREFECT_API_URL: server.api}):
+        return asyncio.run(read())
 
 
 def test_a_version_pickled_before_the_layout_move_still_loads(project, monkeypatch):

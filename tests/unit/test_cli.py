@@ -84,3 +84,19 @@ def test_recommend_refuses_a_k_below_one_before_loading_anything(tmp_path):
     result = runner.invoke(app, ["recommend", "--params", str(tmp_path / "p.yaml"), "--history", "1", "--k", "-1"])
     assert result.exit_code == 2
     assert "Invalid value for '--k': Input should be greater than or equal to 1" in result.output
+
+
+def test_drift_with_mlflow_down_is_an_error_not_no_drift(tmp_path, monkeypatch):
+    # Given a tracking URI where nothing listens (and no retries, so that the test does not wait on them)
+    from servers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    sets = [*paths_under(tmp_path), f"mlflow.tracking_uri={uri}"]
+    # When the drift check runs, it fails with the registry's code, names the server, and writes no verdict
+    result = runner.invoke(
+        app, ["drift", "--params", str(tmp_path / "p.yaml"), *[x for s in sets for x in ("--set", s)]]
+    )
+    assert result.exit_code == errors.RegistryError.exit_code
+    assert f"error: cannot read the champion of bertrec at {uri}" in result.output
+    assert not (tmp_path / "outputs" / "drift").exists() and not (tmp_path / "metrics" / "drift.json").exists()
