@@ -57,16 +57,15 @@ def test_recommend_for_a_user_and_a_history(project):
     assert stranger.exit_code == ServingError.exit_code and "user 'nobody' is not in" in stranger.output
 
 
-def test_a_step_prints_no_library_chatter_unless_verbose(project):
-    # Given a fresh process (faiss announces at import which of its builds it loads)
+def test_a_step_prints_faiss_chatter_only_when_verbose(project):
+    # Given a fresh process (faiss announces at import which of its builds it loads), with -v
     import subprocess
     import sys
     from pathlib import Path
 
     _, args, _ = project
-    bertrec = str(Path(sys.executable).parent / "bertrec")
-    quiet = subprocess.run([bertrec, "index", *args], capture_output=True, text=True, check=True)
-    loud = subprocess.run([bertrec, "-v", "index", *args], capture_output=True, text=True, check=True)
-    # Then the step's own lines are all there is, and -v shows faiss's too
-    assert "recall@10 vs exact" in quiet.stdout and "faiss.loader" not in quiet.stderr
-    assert "faiss.loader" in loud.stderr
+    loud = subprocess.run(
+        [str(Path(sys.executable).parent / "bertrec"), "-v", "index", *args], capture_output=True, text=True
+    )
+    # Then faiss's lines show; without -v the stages' own processes never print them (test_dvc_pipeline)
+    assert loud.returncode == 0 and "recall@10 vs exact" in loud.stdout and "faiss.loader" in loud.stderr

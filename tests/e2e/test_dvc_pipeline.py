@@ -35,6 +35,8 @@ def test_repro_runs_all_then_nothing_then_what_a_param_touches(built_project, pr
         "evaluate",
         "register",
     ]
+    # and every stage, each a fresh `bertrec` process, printed its own lines and none of faiss's (only with -v)
+    assert "recall@10 vs exact" in built_project.output and "faiss.loader" not in built_project.output
     root = project_copy()
     record = json.loads((root / "metrics" / "register.json").read_text())
     assert record["registered"] and record["version"] == "1"

@@ -71,11 +71,18 @@ def medium_version(project) -> tuple[str, str]:
     return "medium-source", register(params_of(bundles["medium"], "medium-source")).version
 
 
+@pytest.fixture(scope="module")
+def strong_version(project) -> tuple[str, str]:
+    """The strong bundle registered once, through the gate: ``(model, version)`` of the version to copy."""
+    _, bundles, _ = project
+    return "strong-source", register(params_of(bundles["strong"], "strong-source")).version
+
+
 def given_champion(uri: str, source: tuple[str, str], model: str) -> str:
     """Make a copy of the registered ``source`` version (tags too) the champion of ``model``; returns its version.
 
-    For tests whose subject comes after the first registration: the copy is what `register` left for the
-    medium bundle, without its upload and gate being run again.
+    For tests whose subject comes after the registration: the copy is what `register` left for the
+    bundle, without its upload and gate being run again.
     """
     client = MlflowClient(uri, uri)
     name, version = source
@@ -168,10 +175,9 @@ def test_run_is_tracked_with_params_metrics_curves_plots_and_lineage(project):
     assert version.tags["data.window"] == "all"
 
 
-def test_pyfunc_champion_predicts_like_the_recommender(project):
+def test_pyfunc_champion_predicts_like_the_recommender(project, strong_version):
     root, bundles, uri = project
-    p = params_of(bundles["strong"], "pyfunc")
-    register(p)
+    given_champion(uri, strong_version, "pyfunc")
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/pyfunc@champion")
     recommender = Recommender(root / "outputs-strong" / "bundle")
@@ -189,10 +195,10 @@ def test_pyfunc_champion_predicts_like_the_recommender(project):
     assert [list(r) for r in kept["item_ids"]] == [[x.item_id for x in recommender.recommend(HISTORY, 3, False)]]
 
 
-def test_served_champion_answers_invocations(project):
+def test_served_champion_answers_invocations(project, strong_version):
     root, bundles, uri = project
     args = bundles["strong"]
-    register(params_of(args, "served"))
+    given_champion(uri, strong_version, "served")
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "bertrec"),
