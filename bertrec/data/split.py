@@ -23,7 +23,7 @@ import pandas as pd
 from bertrec.config import SPLITS, SplitParams
 from bertrec.data.dataset import Dataset
 from bertrec.io import atomic_dir, write_json, write_parquet
-from bertrec.errors import MissingInputError
+from bertrec.errors import ConfigError, MissingInputError
 
 COLUMNS = ["user_idx", "item_idx", "timestamp", "seq"]
 PARTS = ("train", "valid", "test")
@@ -127,6 +127,14 @@ def split_cold_items(data: Dataset, params: SplitParams) -> Split:
     )
 
 
+def check_split_names(names: list[str]) -> list[str]:
+    """``names`` unchanged when each is a split of PROTOCOL.md; else a ConfigError naming the first that is not."""
+    unknown = [n for n in names if n not in SPLITS]
+    if unknown:
+        raise ConfigError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
+    return names
+
+
 def make_split(data: Dataset, name: str, params: SplitParams) -> Split:
     """Build the split called ``name`` (one of ``loo``, ``ratio``, ``cold_items``)."""
     if name == "loo":
@@ -135,7 +143,8 @@ def make_split(data: Dataset, name: str, params: SplitParams) -> Split:
         return split_ratio(data, params)
     if name == "cold_items":
         return split_cold_items(data, params)
-    raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+    check_split_names([name])
+    raise AssertionError(f"split {name!r} is in SPLITS but has no builder")
 
 
 def write_split(split: Split, root: Path) -> Path:

@@ -24,14 +24,16 @@ import bertrec
 from bertrec.config import Params
 from bertrec.errors import RegistryError
 from bertrec.mlops.tracking import mlflow_name
-from bertrec.model.layout import EMBEDDINGS, INDEX, MODEL
+from bertrec.model.index import INFO_FILE
+from bertrec.model.layout import EMBEDDINGS, INDEX, MODEL, TRAINING
+from bertrec.model.vectors import STATS_FILE
 from bertrec.serve.pyfunc import BUNDLE_ARTIFACT, DEFAULT_K, SIGNATURE, BundleModel, input_example, pip_requirements
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 BUNDLE_TAG = "bundle.sha256"
 DATA_END_TAG = "data.end"  # epoch seconds of the newest interaction a version was trained on
 # Files whose content is the model; run records with timings (training.json, ...) are left out.
-FINGERPRINT_SKIP = {"training.json", "embeddings.json", "index.json"}
+FINGERPRINT_SKIP = {TRAINING, STATS_FILE, INFO_FILE}
 
 
 @dataclass(frozen=True)

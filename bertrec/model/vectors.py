@@ -18,6 +18,7 @@ from bertrec.io import atomic_dir
 from bertrec.model.layout import EMBEDDINGS
 
 VECTORS = "vectors.npy"
+STATS_FILE = "embeddings.json"  # how many, how fast, on which device
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def write_embeddings(vectors: np.ndarray, items: pd.DataFrame, bundle: Path, sta
     with atomic_dir(target) as tmp:
         np.save(tmp / VECTORS, vectors.astype(np.float16))
         items[["item_idx", "item_id"]].to_parquet(tmp / "items.parquet", index=False)
-        (tmp / "embeddings.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
+        (tmp / STATS_FILE).write_text(json.dumps(asdict(stats), indent=2) + "\n")
     return target
 
 

@@ -10,10 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertrec.config import SPLITS, Params
+from bertrec.config import Params
 from bertrec.data.dataset import MANIFEST_FILE, load_dataset
-from bertrec.data.split import read_split
-from bertrec.errors import ConfigError
+from bertrec.data.split import check_split_names, read_split
 from bertrec.io import write_json
 from bertrec.ranking.baselines import make_baselines
 from bertrec.ranking.evaluate import evaluate_split, targets
@@ -39,10 +38,7 @@ class Evaluated:
 
 def run(p: Params, names: list[str] | None = None) -> Evaluated:
     """Evaluate every baseline of ``baselines.models`` on ``names`` (default: ``eval.splits``)."""
-    names = list(names or p.eval.splits)
-    unknown = [n for n in names if n not in SPLITS]
-    if unknown:
-        raise ConfigError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
+    names = check_split_names(list(names or p.eval.splits))
     data = load_dataset(p.paths.prepared)
     dataset = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())["dataset"]
     report = baselines_report(p, dataset)

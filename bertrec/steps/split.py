@@ -9,8 +9,7 @@ from typing import Any
 
 from bertrec.config import SPLITS, Params
 from bertrec.data.dataset import load_dataset
-from bertrec.data.split import make_split, write_split
-from bertrec.errors import ConfigError
+from bertrec.data.split import check_split_names, make_split, write_split
 
 
 @dataclass(frozen=True)
@@ -33,12 +32,10 @@ class Splits:
 
 def run(p: Params, names: list[str] | None = None) -> Splits:
     """Write the splits ``names`` (default: all) under ``paths.splits``. Raises ConfigError for an unknown name."""
-    unknown = [n for n in names or [] if n not in SPLITS]
-    if unknown:
-        raise ConfigError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
+    names = check_split_names(list(names or SPLITS))
     data = load_dataset(p.paths.prepared)
     written = []
-    for name in names or list(SPLITS):
+    for name in names:
         made = make_split(data, name, p.split)
         written.append(Written(name, write_split(made, p.paths.splits), made.summary()))
     return Splits(tuple(written))
