@@ -51,9 +51,11 @@ def recommend(
     else:
         items = [i.strip() for i in history.split(",") if i.strip()]
     recommender = Recommender(p.paths.bundle, p.train.device)
-    picks = recommender.recommend(items, k)
+    answer = recommender.answer_batch([(items, None)], k, unknown_items="fail")[0]
     texts = dict(zip(recommender.item_ids, recommender.items["text"], strict=True))
-    for rank, pick in enumerate(picks, 1):
+    if answer.basis == "popular":
+        typer.echo("no history: the items most interacted with in training")
+    for rank, pick in enumerate(answer.picks, 1):
         because = f"  (because: {texts[pick.because]})" if pick.because else ""
         typer.echo(f"{rank:>2}. {texts[pick.item_id]}  [{pick.score:.2f}]{because}")
 

@@ -2,7 +2,9 @@
 
 A step writes into a temporary sibling and renames it into place only when everything succeeded,
 so a crash or a validation error never leaves a half-written artifact and never touches the
-previous outputs.
+previous outputs. A folder is replaced in two renames (the old one aside, the new one in); a
+writer killed between them leaves the old one aside, and :func:`recover_dir` (run by the next
+writer and by the bundle's readers) puts it back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,42 @@ from typing import Any
 import pandas as pd
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    """``.NAME.tmp-PID-*`` or ``.NAME.old-PID`` siblings of ``final`` whose writer is no longer running."""
+    found = []
+    for path in final.parent.glob(f".{final.name}.{kind}-*"):
+        pid = path.name[len(f".{final.name}.{kind}-") :].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            found.append(path)
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def recover_dir(final: Path) -> None:
+    """Undo what a killed :func:`atomic_dir` left beside ``final``.
+
+    If ``final`` is missing and a dead writer had moved it aside, it is moved back; the temporary
+    and old folders of dead writers are removed. Folders of running writers are left alone.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    olds = _leftovers(final, "old")
+    if olds and not final.exists():
+        os.replace(olds.pop(), final)
+    for path in [*olds, *_leftovers(final, "tmp")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``final`` when the block succeeds.
@@ -28,7 +66,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    recover_dir(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:

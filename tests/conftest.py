@@ -69,11 +69,23 @@ def recbole_wheel() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory):
-    """The URI of a real `mlflow server` on loopback, shared by the session's tests."""
+def postgres_uris(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL server for the session, with a database for MLflow's store and one for Prefect's.
+
+    The production stack (infra/compose.yaml) keeps both stores on Postgres; so do the tests.
+    """
+    from servers import postgres
+
+    with postgres(tmp_path_factory.mktemp("postgres"), ("mlflow", "prefect")) as uris:
+        yield uris
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory, postgres_uris: dict[str, str]):
+    """The URI of a real `mlflow server` on loopback, its store on the session's Postgres."""
     from servers import mlflow_server
 
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), postgres_uris["mlflow"]) as uri:
         yield uri
 
 
@@ -87,8 +99,10 @@ class PrefectServer:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory):
-    """One real `prefect server start` on loopback for the session: the pools `cpu` and `gpu`, prefect.yaml deployed.
+def prefect_api(tmp_path_factory: pytest.TempPathFactory, postgres_uris: dict[str, str]):
+    """One real `prefect server start` on loopback for the session, its store on the session's Postgres.
+
+    It has the pools `cpu` and `gpu` and prefect.yaml deployed.
 
     The deployments run in whatever checkout a worker's BERTREC_PROJECT_DIR names (prefect.yaml's
     pull step), so one deployment serves every test; tests tell their flow runs apart by id.
@@ -99,7 +113,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     from servers import prefect_env, prefect_server
 
     root = tmp_path_factory.mktemp("prefect-server")
-    with prefect_server(root) as api:
+    with prefect_server(root, postgres_uris["prefect"]) as api:
         env = os.environ | prefect_env(root, api) | {"HF_HUB_OFFLINE": "1"}
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate

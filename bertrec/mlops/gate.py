@@ -39,6 +39,7 @@ from bertrec.serve.recommender import CatalogueScorer, Recommender
 Scores = Mapping[str, float]  # "split/target/Metric@K" -> value
 Checkpoint = Callable[[str], None]  # called with "decided" before the aliases move (for crash tests)
 GATE_ATTEMPTS = 3
+GATED_TAG = "gate.promote"  # on every version the gate has decided on
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,17 @@ def _relative(new: float, old: float) -> float:
 
 
 def decide_promotion(
-    challenger: Scores, champion: Scores | None, baselines: Mapping[str, Scores], rule: PromotionParams
+    challenger: Scores,
+    champion: Scores | None,
+    baselines: Mapping[str, Scores],
+    rule: PromotionParams,
+    champion_version: str | None = None,
 ) -> Decision:
     """Whether ``challenger`` should become champion; the reason states values, deltas and thresholds.
 
     ``baselines`` maps each baseline's name to its scores on the same data; ``champion`` is None
-    when there is none. Raises KeyError when a metric of the rule is missing from an input.
+    when there is none (``champion_version``, when given, is named in the reason). Raises KeyError
+    when a metric of the rule is missing from an input.
     """
     key = rule.metric
     value = _value(challenger, key, "the challenger")
@@ -100,13 +106,14 @@ def decide_promotion(
             )
         )
     if champion is not None:
+        who = f"champion (version {champion_version})" if champion_version else "champion"
         old = _value(champion, key, "the champion")
         gain = _relative(value, old)
         checks.append(
             Check(
                 "improvement",
                 gain >= rule.min_improvement,
-                f"{key} {value:.4f} vs champion {old:.4f} ({gain:+.2%}; must be >= {rule.min_improvement:+.2%})",
+                f"{key} {value:.4f} vs {who} {old:.4f} ({gain:+.2%}; must be >= {rule.min_improvement:+.2%})",
             )
         )
         for guard, tolerance in rule.guardrails.items():
@@ -203,7 +210,7 @@ def gate_and_switch(
             if champion is not None:
                 with tempfile.TemporaryDirectory(prefix="bertrec-champion-") as tmp:
                     champion_scores = gate_scores(load_version(client, name, champion, Path(tmp), p), data, p)
-            decision = decide_promotion(scores, champion_scores, baselines, p.promotion)
+            decision = decide_promotion(scores, champion_scores, baselines, p.promotion, champion)
             if force and not decision.promote:
                 decision = Decision(True, f"forced promotion; the gate said: {decision.reason}", decision.checks)
             if checkpoint:
@@ -216,7 +223,6 @@ def gate_and_switch(
             )
         before = champion
         gate_tags = {
-            "gate.promote": str(decision.promote).lower(),
             "gate.reason": decision.reason,
             "gate.champion_before": champion or "none",
         }
@@ -229,6 +235,8 @@ def gate_and_switch(
         for key, value in gate_tags.items():
             client.set_model_version_tag(name, version, key, value)
         champion = set_aliases(client, name, version, champion, decision.promote)
+        # Last: a version without it was never gated (a run killed before here); `register` gates it again.
+        client.set_model_version_tag(name, version, GATED_TAG, str(decision.promote).lower())
     return Gate(decision, champion, before, champion_scores)
 
 

@@ -27,7 +27,7 @@ from bertrec.mlops.tracking import mlflow_name
 from bertrec.model.index import INFO_FILE
 from bertrec.model.layout import EMBEDDINGS, INDEX, MODEL, TRAINING
 from bertrec.model.vectors import STATS_FILE
-from bertrec.serve.pyfunc import BUNDLE_ARTIFACT, DEFAULT_K, SIGNATURE, BundleModel, input_example, pip_requirements
+from bertrec.serve.pyfunc import BUNDLE_ARTIFACT, DEFAULT_K, MODEL_CODE, SIGNATURE, input_example, pip_requirements
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 BUNDLE_TAG = "bundle.sha256"
@@ -99,14 +99,14 @@ def lock_for(p: Params) -> FileLock:
 
 
 def log_bundle(p: Params, example_history: list[str]) -> str:
-    """Log the bundle as a pyfunc model in the active run; returns its model URI."""
+    """Log the bundle as a pyfunc model (models-from-code, no pickle) in the active run; returns its model URI."""
     with tempfile.TemporaryDirectory(prefix="bertrec-bundle-") as tmp:
         staged = Path(tmp) / BUNDLE_ARTIFACT
         for part in (MODEL, EMBEDDINGS, INDEX):
             shutil.copytree(Path(p.paths.bundle) / part, staged / part)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=BundleModel(),
+            python_model=str(MODEL_CODE),
             artifacts={BUNDLE_ARTIFACT: str(staged)},
             signature=SIGNATURE,
             input_example=(input_example(example_history), {"k": DEFAULT_K}),

@@ -24,7 +24,7 @@ import pandas as pd
 from safetensors.torch import load_file, save_file
 
 from bertrec.errors import MissingInputError
-from bertrec.io import atomic_dir
+from bertrec.io import atomic_dir, recover_dir
 from bertrec.model.encoder import TextEncoder, pick_device
 from bertrec.model.features import ItemTextFeatures
 from bertrec.model.layout import HISTORIES, MODEL, TRAINING, WEIGHTS
@@ -71,6 +71,7 @@ def save_model(
 def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.DataFrame]:
     """The trained scorer (eval mode, frozen features) and the item table of ``bundle/model``."""
     folder = Path(bundle) / MODEL
+    recover_dir(folder)
     if not (folder / WEIGHTS).exists():
         raise MissingInputError(f"{folder / WEIGHTS} not found; run `bertrec train` first")
     config = TowerConfig(**json.loads((folder / "tower.json").read_text()))

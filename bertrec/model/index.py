@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 
 from bertrec.errors import MissingInputError
-from bertrec.io import atomic_dir
+from bertrec.io import atomic_dir, recover_dir
 
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
@@ -79,6 +79,7 @@ def write_index(vectors: np.ndarray, folder: Path, factory: str = "auto", sample
 
 def read_index(folder: Path) -> tuple[faiss.Index, IndexInfo]:
     folder = Path(folder)
+    recover_dir(folder)
     if not (folder / INDEX_FILE).exists():
         raise MissingInputError(f"{folder / INDEX_FILE} not found; run `bertrec index` first")
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text()))

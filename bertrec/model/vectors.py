@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bertrec.errors import MissingInputError
-from bertrec.io import atomic_dir
+from bertrec.io import atomic_dir, recover_dir
 from bertrec.model.layout import EMBEDDINGS
 
 VECTORS = "vectors.npy"
@@ -43,6 +43,7 @@ def write_embeddings(vectors: np.ndarray, items: pd.DataFrame, bundle: Path, sta
 def read_embeddings(bundle: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """Vectors as float32 (re-normalised after the float16 round trip) and the id map."""
     folder = Path(bundle) / EMBEDDINGS
+    recover_dir(folder)
     if not (folder / VECTORS).exists():
         raise MissingInputError(f"{folder / VECTORS} not found; run `bertrec embed` first")
     vectors = np.load(folder / VECTORS).astype(np.float32)

@@ -3,6 +3,12 @@
 Candidates come from the FAISS index of the bundle; each recommendation carries the history item
 most similar to it ("because you watched X"). ``add_items`` encodes new items from their text alone
 and adds them to the index, so they can be recommended before anyone has interacted with them.
+
+:meth:`Recommender.answer_batch` is the serving contract (what the pyfunc model and the CLI call):
+it checks ``k`` and the unknown-item policy, drops or refuses unknown history items, falls back to
+the user's known history, and gives a row with neither the cold-user answer: the items most
+interacted with in training, marked ``basis="popular"``. Error messages name the request field and
+value, never a path: they go back to the client as they are.
 """
 
 from __future__ import annotations
@@ -22,12 +28,27 @@ from bertrec.model.layout import HISTORIES, INDEX, MODEL
 from bertrec.model.vectors import read_embeddings
 from bertrec.ranking.scoring import Histories, Scorer
 
+# What a request may do with history items the catalogue does not know.
+UNKNOWN_ITEMS = ("ignore", "fail")
+# How an answer was made: from the request's history, from the bundle's history of the user, or
+# the cold-user answer (training popularity) for a request with neither.
+BASES = ("history", "user", "popular")
+
 
 @dataclass(frozen=True)
 class Recommendation:
     item_id: str
-    score: float
-    because: str | None  # the history item most similar to this one
+    score: float  # the model's score; for a popularity answer, the item's share of training interactions
+    because: str | None  # the history item most similar to this one (None in a popularity answer)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request row's answer: the picks, how they were made (one of BASES), the ignored history items."""
+
+    picks: list[Recommendation]
+    basis: str
+    ignored: list[str]
 
 
 class Recommender:
@@ -39,6 +60,7 @@ class Recommender:
         self.vectors, _ = read_embeddings(self.bundle)  # (n, dim) unit norm
         self.index, self.index_info = read_index(self.bundle / INDEX)
         self._histories: dict[str, list[str]] | None = None
+        self._popular: list[Recommendation] | None = None
         self._refresh_ids()
 
     def history_of(self, user_id: str) -> list[str]:
@@ -48,8 +70,59 @@ class Recommender:
             frame = pd.read_parquet(path) if path.exists() else pd.DataFrame({"user_id": [], "item_id": []})
             self._histories = frame.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
         if str(user_id) not in self._histories:
-            raise UnknownUserError(f"user id {str(user_id)!r} has no history in {self.bundle}")
+            raise UnknownUserError(f"user_id {str(user_id)!r} is not a user this model was trained on")
         return self._histories[str(user_id)]
+
+    def popular(self, k: int) -> list[Recommendation]:
+        """The cold-user answer: the ``k`` items most interacted with in training (ties: lower catalogue row)."""
+        if self._popular is None:
+            path = self.bundle / MODEL / HISTORIES
+            seen = pd.read_parquet(path, columns=["item_id"])["item_id"] if path.exists() else pd.Series([], dtype=str)
+            counts = seen.map(self.position).dropna().astype(np.int64).value_counts()
+            share = np.zeros(len(self.item_ids))
+            share[counts.index.to_numpy()] = counts.to_numpy() / max(int(counts.sum()), 1)
+            order = np.lexsort((np.arange(len(share)), -share))
+            self._popular = [Recommendation(self.item_ids[i], float(share[i]), None) for i in order]
+        return self._popular[:k]
+
+    def answer_batch(
+        self,
+        requests: list[tuple[list[str], str | None]],
+        k: int = 10,
+        exclude_history: bool = True,
+        unknown_items: str = "ignore",
+    ) -> list[Answer]:
+        """Answer ``(history, user_id)`` rows as the serving contract says (see the module's docstring).
+
+        Raises:
+            ServingError: ``k`` outside 1..catalogue size or an unknown ``unknown_items`` policy.
+            UnknownItemError: an unknown history item under ``unknown_items="fail"``.
+            UnknownUserError: a row with no known history item names a user the model does not know.
+        """
+        if not 1 <= k <= len(self.item_ids):
+            raise ServingError(f"k must be between 1 and {len(self.item_ids)} (the catalogue size); got {k}")
+        if unknown_items not in UNKNOWN_ITEMS:
+            raise ServingError(f"unknown_items must be one of {list(UNKNOWN_ITEMS)}; got {unknown_items!r}")
+        answers: list[Answer] = []
+        histories, ignored = [], []
+        for history, user_id in requests:
+            known = [str(i) for i in history if str(i) in self.position]
+            unknown = [str(i) for i in history if str(i) not in self.position]
+            if unknown and unknown_items == "fail":
+                raise UnknownItemError(f"history: item id {unknown[0]!r} is not in the catalogue (unknown_items=fail)")
+            ignored.append(unknown)
+            if not known and user_id is not None:
+                histories.append((self.history_of(user_id), "user"))
+            else:
+                histories.append((known, "history"))
+        batch = [h for h, _ in histories if h]
+        picks = iter(self.recommend_batch(batch, k, exclude_history)) if batch else iter(())
+        for (history, basis), skipped in zip(histories, ignored, strict=True):
+            if history:
+                answers.append(Answer(next(picks), basis, skipped))
+            else:
+                answers.append(Answer(self.popular(k), "popular", skipped))
+        return answers
 
     def _refresh_ids(self) -> None:
         self.item_ids = self.items["item_id"].astype(str).to_numpy()
@@ -60,7 +133,7 @@ class Recommender:
         try:
             return np.array([self.position[str(i)] for i in history], dtype=np.int64)
         except KeyError as exc:
-            raise UnknownItemError(f"item id {exc.args[0]!r} is not in the catalogue of {self.bundle}") from None
+            raise UnknownItemError(f"item id {exc.args[0]!r} is not in the catalogue") from None
 
     def user_vectors(self, histories: list[list[str]]) -> np.ndarray:
         """(batch, dim) user vectors, computed from the stored item vectors."""
@@ -141,6 +214,7 @@ class Recommender:
         titles = new_items["title"] if "title" in new_items else new_items["text"]
         self.scorer.titles = np.concatenate([self.scorer.titles, titles.to_numpy(dtype=object)])
         self._refresh_ids()
+        self._popular = None
 
 
 class CatalogueScorer(Scorer):

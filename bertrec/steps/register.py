@@ -8,6 +8,9 @@ It reads what the earlier steps wrote (the bundle, ``metrics/evaluate.json``,
 2. evaluates the bundle as served on the current data for the promotion rule;
 3. registers the bundle as a new version (unless this exact bundle is one already);
 4. re-evaluates the champion, decides and moves the aliases (bertrec.mlops.gate.gate_and_switch).
+
+A version of this bundle that a killed run registered but never gated is gated now, so the next
+run finishes the registration the killed one began.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from bertrec.config import Params
 from bertrec.data.dataset import MANIFEST_FILE, load_dataset
 from bertrec.errors import MissingInputError
 from bertrec.io import write_json
-from bertrec.mlops.gate import Checkpoint, Decision, baseline_scores, decision_record, gate_and_switch, gate_scores
+from bertrec.mlops.gate import (
+    GATED_TAG,
+    Checkpoint,
+    Decision,
+    baseline_scores,
+    decision_record,
+    gate_and_switch,
+    gate_scores,
+)
 from bertrec.mlops.plots import ndcg_against_k, popularity_against_catalogue, training_curve
 from bertrec.mlops.registry import (
     CHAMPION,
@@ -65,11 +76,13 @@ class Registration:
 
     def summary(self) -> str:
         lines = [f"MLflow run {self.run_id} ({self.where})"]
-        if not self.registered:
+        if self.decision is None:
             lines.append(
                 f"this bundle is already version {self.version} of {self.model}; nothing registered or promoted"
             )
         else:
+            if not self.registered:
+                lines.append(f"this bundle is already version {self.version}, never gated: gated now")
             verdict = "PROMOTED to champion" if self.decision.promote else "stays challenger"
             lines.append(f"{self.model} version {self.version}: {verdict}\n  {self.decision.reason}")
         lines.append(f"champion: {f'{self.model} version {self.champion}' if self.champion else 'none'}")
@@ -104,32 +117,36 @@ def run(
         log_batch(client, run_id, metrics={mlflow_name(f"gate/{k}"): v for k, v in scores.items()})
         _log_plots(p, data, training, evaluation)
         fingerprint = bundle_fingerprint(p.paths.bundle)
-        existing = find_bundle(client, name, fingerprint)
-        if existing is not None:
+        version = find_bundle(client, name, fingerprint)
+        registered = version is None
+        if version is not None and GATED_TAG in client.get_model_version(name, version).tags:
             champion = alias_version(client, name, CHAMPION)
-            mlflow.set_tags({"registry.version": existing, "registry.registered": "false"})
-            log.info("this bundle is already version %s of %s; nothing registered", existing, name)
-            result = Registration(run_id, existing, False, None, champion, name, where)
+            mlflow.set_tags({"registry.version": version, "registry.registered": "false"})
+            log.info("this bundle is already version %s of %s; nothing registered", version, name)
+            result = Registration(run_id, version, False, None, champion, name, where)
             _write_record(p, result, run.info.experiment_id, scores, None, baseline, champion)
             return result
-        history = data.interactions["item_id"].astype(str).tolist()[:EXAMPLE_HISTORY]
-        model_uri = log_bundle(p, history)
-        labels = version_tags(scores, p, sha, float(data.interactions["timestamp"].max()), run_id, fingerprint)
-        version = register_version(client, p, model_uri, labels)
-        if checkpoint:
-            checkpoint("uploaded")
+        if version is None:
+            history = data.interactions["item_id"].astype(str).tolist()[:EXAMPLE_HISTORY]
+            model_uri = log_bundle(p, history)
+            labels = version_tags(scores, p, sha, float(data.interactions["timestamp"].max()), run_id, fingerprint)
+            version = register_version(client, p, model_uri, labels)
+            if checkpoint:
+                checkpoint("uploaded")
+        else:  # registered by a run that stopped before its gate: finish its registration
+            log.info("version %s of %s holds this bundle but was never gated; gating it now", version, name)
         gate = gate_and_switch(client, p, version, scores, baseline, data, checkpoint)
         decision = gate.decision
         mlflow.set_tags(
             {
                 "registry.version": version,
-                "registry.registered": "true",
+                "registry.registered": str(registered).lower(),
                 "gate.promote": str(decision.promote).lower(),
                 "gate.reason": decision.reason,
             }
         )
         mlflow.log_text(decision_record(decision, version, gate.champion), "gate/decision.json")
-    result = Registration(run_id, version, True, decision, gate.champion, name, where)
+    result = Registration(run_id, version, registered, decision, gate.champion, name, where)
     _write_record(p, result, run.info.experiment_id, scores, gate.champion_scores, baseline, gate.champion_before)
     return result
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bertrec.data.split import split_loo
-from bertrec.errors import ServingError, UnknownItemError
+from bertrec.errors import ServingError, UnknownItemError, UnknownUserError
 from bertrec.model.bundle import load_model, save_model, training_record
 from bertrec.model.embed import embed_catalogue
 from bertrec.model.index import write_index
@@ -37,7 +37,8 @@ def bundle(tmp_path_factory, tiny_encoder):
     data = cyclic_dataset()
     split = split_loo(data)
     result = train(params, split, data.items, root / "work")
-    save_model(result.scorer, data.items, params.paths.bundle, training_record(result, params, "loo"))
+    record = training_record(result, params, "loo")
+    save_model(result.scorer, data.items, params.paths.bundle, record, data.interactions)
     scorer, items = load_model(params.paths.bundle)
     vectors, stats = embed_catalogue(scorer, items)
     write_embeddings(vectors, items, params.paths.bundle, stats)
@@ -84,6 +85,37 @@ def test_unknown_history_item_is_named(bundle):
     recommender = Recommender(bundle[0])
     with pytest.raises(UnknownItemError, match="'nope'"):
         recommender.recommend(["1", "nope"])
+
+
+def test_answers_follow_the_serving_contract(bundle):
+    path, _, data, _ = bundle
+    recommender = Recommender(path)
+    known = ["3", "4", "5", "6"]
+    history, cold, ignored, user = recommender.answer_batch(
+        [(known, None), ([], None), (["nope", *known], None), (["nope"], "0")], k=3
+    )
+    # A history is answered from it; unknown items are left out and reported under the default policy
+    assert history.basis == "history" and history.picks == recommender.recommend(known, 3)
+    assert ignored.basis == "history" and ignored.ignored == ["nope"] and ignored.picks == history.picks
+    # A row without a known item falls back to the user's history, then to training popularity
+    assert user.basis == "user" and user.picks == recommender.recommend(recommender.history_of("0"), 3)
+    counts = data.interactions["item_id"].astype(str).value_counts()
+    assert cold.basis == "popular" and all(p.because is None for p in cold.picks)
+    assert [p.score for p in cold.picks] == sorted(counts.to_numpy()[:3] / counts.sum(), reverse=True)
+    assert {p.item_id for p in cold.picks} <= set(counts.index[counts >= counts.iloc[2]])
+    # What cannot be answered as asked names the field and the value
+    size = len(recommender.item_ids)
+    for k in (0, -1, size + 1):
+        with pytest.raises(ServingError, match=rf"k must be between 1 and {size} \(the catalogue size\); got {k}"):
+            recommender.answer_batch([(known, None)], k=k)
+    with pytest.raises(
+        UnknownItemError, match=r"history: item id 'nope' is not in the catalogue \(unknown_items=fail\)"
+    ):
+        recommender.answer_batch([(["nope", "3"], None)], unknown_items="fail")
+    with pytest.raises(UnknownUserError, match="user_id 'ghost' is not a user this model was trained on"):
+        recommender.answer_batch([([], "ghost")])
+    with pytest.raises(ServingError, match="unknown_items must be one of"):
+        recommender.answer_batch([(known, None)], unknown_items="skip")
 
 
 def test_add_items_makes_a_new_item_retrievable_by_its_text(bundle):

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -186,6 +187,8 @@ def test_pyfunc_champion_predicts_like_the_recommender(project, strong_version):
     got = model.predict(frame, params={"k": 5})
     expected = recommender.recommend_batch([HISTORY, ["10", "11"], recommender.history_of("3")], 5)
     assert [list(r) for r in got["item_ids"]] == [[x.item_id for x in row] for row in expected]
+    assert [list(r) for r in got["because"]] == [[x.because for x in row] for row in expected]
+    assert list(got["basis"]) == ["history", "history", "user"]
     assert all(
         abs(a - b.score) < 1e-5
         for r, row in zip(got["scores"], expected, strict=True)
@@ -195,41 +198,125 @@ def test_pyfunc_champion_predicts_like_the_recommender(project, strong_version):
     assert [list(r) for r in kept["item_ids"]] == [[x.item_id for x in recommender.recommend(HISTORY, 3, False)]]
 
 
-def test_served_champion_answers_invocations(project, strong_version):
+def test_versions_are_logged_as_code_and_load_without_unpickling(project, strong_version, monkeypatch):
+    _, _, uri = project
+    name, version = strong_version
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", tracking_uri=uri))
+    # The version carries the code that builds the model, and no pickle
+    assert (folder / "model_code.py").exists() and not (folder / "python_model.pkl").exists()
+    # It loads where MLflow refuses to unpickle
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    assert len(model.predict(pd.DataFrame({"history": [HISTORY]}), params={"k": 2})["item_ids"][0]) == 2
+
+
+def post(port: int, body: dict) -> tuple[int, dict]:
+    """POST ``body`` to /invocations; the status and the JSON answer (of an error too)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_served_champion_keeps_the_serving_contract(project, strong_version):
     root, bundles, uri = project
-    args = bundles["strong"]
     given_champion(uri, strong_version, "served")
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "bertrec"),
-        "serve",
-        *args,
-        "--set",
-        "mlflow.registered_model=served",
-        "--port",
-        str(port),
-    ]
+    command = [str(Path(sys.executable).parent / "bertrec"), "serve", *bundles["strong"]]
+    command += ["--set", "mlflow.registered_model=served", "--port", str(port)]
+    recommender = Recommender(root / "outputs-strong" / "bundle")
+    size = len(recommender.item_ids)
     with serving(command, f"http://127.0.0.1:{port}/ping", root / "serve.log"):
-        body = json.dumps({"dataframe_records": [{"history": HISTORY}], "params": {"k": 4}}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
-    expected = [x.item_id for x in Recommender(root / "outputs-strong" / "bundle").recommend(HISTORY, 4)]
-    assert answer["predictions"][0]["item_ids"] == expected
+        answers = {
+            "history": post(port, {"dataframe_records": [{"history": HISTORY}], "params": {"k": 4}}),
+            "cold": post(port, {"dataframe_records": [{"history": []}], "params": {"k": 3}}),
+            "user": post(port, {"dataframe_records": [{"user_id": "3"}], "params": {"k": 3}}),
+            "ignored": post(port, {"dataframe_records": [{"history": ["nope", *HISTORY]}], "params": {"k": 4}}),
+        }
+        refusals = {
+            "k: 0": ({"dataframe_records": [{"history": HISTORY}], "params": {"k": 0}}, "k must be between 1 and"),
+            "k: -1": ({"dataframe_records": [{"history": HISTORY}], "params": {"k": -1}}, "got -1"),
+            "k too big": (
+                {"dataframe_records": [{"history": HISTORY}], "params": {"k": size + 1}},
+                f"k must be between 1 and {size} (the catalogue size); got {size + 1}",
+            ),
+            "unknown item": (
+                {"dataframe_records": [{"history": ["nope", "3"]}], "params": {"unknown_items": "fail"}},
+                "history: item id 'nope' is not in the catalogue (unknown_items=fail)",
+            ),
+            "unknown user": (
+                {"dataframe_records": [{"user_id": "ghost"}]},
+                "user_id 'ghost' is not a user this model was trained on",
+            ),
+            "bad policy": (
+                {"dataframe_records": [{"history": HISTORY}], "params": {"unknown_items": "skip"}},
+                "unknown_items must be one of ['ignore', 'fail']; got 'skip'",
+            ),
+        }
+        refused = {case: post(port, body) for case, (body, _) in refusals.items()}
+    # A history: the recommender's picks, each with the history item behind it
+    expected = recommender.recommend(HISTORY, 4)
+    status, body = answers["history"]
+    row = body["predictions"][0]
+    assert status == 200 and row["item_ids"] == [x.item_id for x in expected]
+    assert row["because"] == [x.because for x in expected] and set(row["because"]) <= set(HISTORY)
+    assert row["basis"] == "history" and row["ignored"] == []
+    # No history and no user: the cold-user answer, training popularity, marked as such
+    status, body = answers["cold"]
+    row = body["predictions"][0]
+    assert status == 200 and row["basis"] == "popular" and row["because"] == [None] * 3
+    assert row["item_ids"] == [x.item_id for x in recommender.popular(3)]
+    # A known user alone: their history as the model knows it
+    status, body = answers["user"]
+    assert status == 200 and body["predictions"][0]["basis"] == "user"
+    assert body["predictions"][0]["item_ids"] == [
+        x.item_id for x in recommender.recommend(recommender.history_of("3"), 3)
+    ]
+    # An unknown item under the default policy: left out, and said so
+    status, body = answers["ignored"]
+    assert status == 200 and body["predictions"][0]["ignored"] == ["nope"]
+    assert body["predictions"][0]["item_ids"] == [x.item_id for x in expected]
+    # What a client can fix: 400, the field and value named, no trace, no server path
+    for case, (_, message) in refusals.items():
+        status, body = refused[case]
+        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", (case, body)
+        assert message in body["message"], (case, body["message"])
+        text = json.dumps(body)
+        assert "Traceback" not in text and "stack_trace" not in body and str(root) not in text, (case, text)
+        assert "site-packages" not in text and ".py" not in text, (case, text)
 
 
-def _register_in_subprocess(args: list[str], model: str, die_at: str | None = None) -> subprocess.Popen:
-    """`register` in a fresh process; with ``die_at``, the process SIGKILLs itself at that checkpoint."""
+def _register_in_subprocess(
+    args: list[str], model: str, die_at: str | None = None, barrier: tuple[Path, int] | None = None
+) -> subprocess.Popen:
+    """`register` in a fresh process.
+
+    With ``die_at``, the process SIGKILLs itself at that checkpoint. With ``barrier`` (a folder and a
+    count), it stops once its version is registered until that many processes have got there, so
+    their gates start together.
+    """
     code = (
-        "import os, signal, sys\n"
+        "import os, signal, sys, time\n"
+        "from pathlib import Path\n"
         "from bertrec.config import load_params\n"
         "from bertrec.steps.register import run as register\n"
         f"p = load_params({args[1]!r}, {[*overrides(args), f'mlflow.registered_model={model}']!r})\n"
-        f"def checkpoint(stage):\n"
-        f"    if stage == {die_at!r}:\n"
-        f"        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"die_at, barrier = {die_at!r}, {(str(barrier[0]), barrier[1]) if barrier else None!r}\n"
+        "def checkpoint(stage):\n"
+        "    if stage == die_at:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    if barrier and stage == 'uploaded':\n"
+        "        folder, count = Path(barrier[0]), barrier[1]\n"
+        "        (folder / str(os.getpid())).touch()\n"
+        "        deadline = time.monotonic() + 300\n"
+        "        while len(list(folder.iterdir())) < count:\n"
+        "            assert time.monotonic() < deadline, 'the other registration never arrived'\n"
+        "            time.sleep(0.05)\n"
         "r = register(p, checkpoint=checkpoint)\n"
         "print('RESULT', r.version, r.decision.promote if r.decision else None)\n"
     )
@@ -254,34 +341,57 @@ def test_killed_between_upload_and_alias_switch_changes_no_alias(project, medium
     process = _register_in_subprocess(bundles["strong"], model, die_at)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == -9, output
-    # Then its version exists, but no alias changed and no gate decision was recorded on it
+    # Then its version exists, with its index, but no alias changed and no gate decision was recorded on it
     assert [r.version for r in versions(p)] == ["2", "1"]
     assert aliases(p) == before
     assert "gate.promote" not in next(r for r in versions(p) if r.version == "2").tags
+    # And the next registration of the same bundle finishes the job: version 2 is gated, nothing re-uploaded
+    again = register(p)
+    assert (again.version, again.registered, again.decision.promote) == ("2", False, True)
+    assert "never gated: gated now" in again.summary()
+    assert [r.version for r in versions(p)] == ["2", "1"]
+    assert aliases(p) == {CHAMPION: "2", CHALLENGER: "2", PREVIOUS: "1"}
 
 
-def test_two_runs_finishing_together_leave_one_consistent_champion(project, medium_version):
-    _, bundles, uri = project
-    model = "concurrent"
+def test_two_promotions_that_overlap_leave_one_champion_and_the_loser_names_it(project, medium_version, tmp_path):
+    from bertrec.data.dataset import load_dataset
+    from bertrec.mlops.gate import gate_scores
+
+    root, bundles, uri = project
+    model = "overlap"
     given_champion(uri, medium_version, model)  # v1, the champion both runs face first
-    assert aliases(params_of(bundles["medium"], model))[CHAMPION] == "1"
-    # When two better models are registered at the same moment
-    a = _register_in_subprocess(bundles["strong"], model)
-    b = _register_in_subprocess(bundles["strong-seed7"], model)
-    outputs = [proc.communicate(timeout=600)[0] for proc in (a, b)]
-    assert a.returncode == 0 and b.returncode == 0, outputs
-    # Then every promotion was decided against the champion of its moment: no lost update
     p = params_of(bundles["medium"], model)
+    # Given two challengers that both beat the champion, and a rule under which neither beats the other
+    data = load_dataset(p.paths.prepared)
+    score = {
+        label: gate_scores(Recommender(root / f"outputs-{label}" / "bundle"), data, p)[p.promotion.metric]
+        for label in ("medium", "strong", "strong-seed7")
+    }
+    a, b, m = score["strong"], score["strong-seed7"], score["medium"]
+    tie, gain = abs(a - b) / min(a, b), (min(a, b) - m) / m
+    assert tie < gain, f"the strong bundles no longer beat medium by more than they differ: {score}"
+    rule = f"promotion.min_improvement={(tie + gain) / 2}"
+    # When both are registered and reach the gate together (a barrier, not luck)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    runs = [
+        _register_in_subprocess([*bundles[label], "--set", rule], model, barrier=(barrier, 2))
+        for label in ("strong", "strong-seed7")
+    ]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert len(list(barrier.iterdir())) == 2
+    # Then exactly one is champion, the other's gate ran against it and its reason names it
     rows = {r.version: r for r in versions(p)}
     assert set(rows) == {"1", "2", "3"}
-    promoted = sorted((v for v in ("2", "3") if rows[v].tags["gate.promote"] == "true"), key=int)
-    final = aliases(p)
-    assert promoted and final[CHAMPION] == promoted[-1]
-    befores = [rows[v].tags["gate.champion_before"] for v in ("2", "3")]
-    if len(promoted) == 2:  # the second run saw the first one's promotion
-        assert sorted(befores) == ["1", promoted[0]] and final[PREVIOUS] == promoted[0]
-    else:
-        assert final[PREVIOUS] == "1"
+    promoted = [v for v in ("2", "3") if rows[v].tags["gate.promote"] == "true"]
+    assert len(promoted) == 1, {v: rows[v].tags["gate.reason"] for v in ("2", "3")}
+    winner, loser = promoted[0], ({"2", "3"} - set(promoted)).pop()
+    assert aliases(p)[CHAMPION] == winner and aliases(p)[PREVIOUS] == "1"
+    assert rows[winner].tags["gate.champion_before"] == "1"
+    assert rows[loser].tags["gate.champion_before"] == winner
+    assert f"improvement failed: {p.promotion.metric}" in rows[loser].tags["gate.reason"]
+    assert f"vs champion (version {winner})" in rows[loser].tags["gate.reason"]
 
 
 def test_promote_and_rollback_flows_drive_the_registry(project, medium_version, tmp_path, monkeypatch, prefect_api):
@@ -332,32 +442,36 @@ def _task_runs(server, flow_run_id) -> list:
         return asyncio.run(read())
 
 
-def test_a_version_pickled_before_the_layout_move_still_loads(project, monkeypatch):
-    """Versions registered before bertrec.serve existed pickled their model as `bertrec.serving.BundleModel`."""
+def test_a_version_pickled_before_models_from_code_still_loads(project, monkeypatch):
+    """Versions registered before models-from-code pickled their model, as `bertrec.serving.BundleModel`."""
+    import bertrec
     import bertrec.serving
-    from bertrec.mlops import registry
     from bertrec.serve import pyfunc
 
-    root, bundles, uri = project
-    p = params_of(bundles["strong"], "pickled-before-the-move")
+    root, _, uri = project
+    name = "pickled-the-old-way"
 
-    # Given a version whose pickled python model names the old module path, as those versions' do
+    # Given a version logged the old way: a cloudpickled model object naming the old module path
     class OldPath(pyfunc.BundleModel):
         pass
 
     OldPath.__module__, OldPath.__qualname__ = "bertrec.serving", "BundleModel"
-    with monkeypatch.context() as patch:
-        patch.setattr(bertrec.serving, "BundleModel", OldPath)  # cloudpickle then pickles it by that name
-        patch.setattr(registry, "BundleModel", OldPath)
-        version = register(p).version
-    client = MlflowClient(uri)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/pickled-before-the-move/{version}", tracking_uri=uri))
-    pickled = (folder / "python_model.pkl").read_bytes()
-    assert b"bertrec.serving" in pickled and b"bertrec.serve.pyfunc" not in pickled
-    assert client.get_model_version("pickled-before-the-move", version).status == "READY"
-    # When it is loaded with today's package, the old path resolves and it predicts as the recommender does
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/pickled-before-the-move/{version}")
+    with monkeypatch.context() as patch, mlflow.start_run(run_name=name):
+        patch.setattr(bertrec.serving, "BundleModel", OldPath)  # cloudpickle then pickles it by that name
+        logged = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=OldPath(),
+            artifacts={pyfunc.BUNDLE_ARTIFACT: str(root / "outputs-strong" / "bundle")},
+            signature=pyfunc.SIGNATURE,
+            code_paths=[str(Path(bertrec.__file__).parent)],
+        )
+    version = mlflow.register_model(logged.model_uri, name).version
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", tracking_uri=uri))
+    pickled = (folder / "python_model.pkl").read_bytes()
+    assert b"bertrec.serving" in pickled and not (folder / "model_code.py").exists()
+    # When it is loaded with today's package, the old path resolves and it predicts as the recommender does
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     assert type(model.unwrap_python_model()) is pyfunc.BundleModel
     got = model.predict(pd.DataFrame({"history": [HISTORY]}), params={"k": 5})
     expected = Recommender(root / "outputs-strong" / "bundle").recommend(HISTORY, 5)
