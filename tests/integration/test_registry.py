@@ -424,6 +424,9 @@ def test_promote_and_rollback_flows_drive_the_registry(project, medium_version, 
         assert refused.is_failed() and "no `previous` version" in refused.message
         tasks = _task_runs(prefect_api, refused.state_details.flow_run_id)
         assert [(t.name.split("-")[0], t.run_count) for t in tasks] == [("rollback_task", 1)]
+        # Promoting the champion is refused too, with the reason
+        again = promote(version="1", project_dir=str(tmp_path), return_state=True)
+        assert again.is_failed() and f"version 1 of {model} is already the champion" in again.message
     assert aliases(p)[CHAMPION] == "1"
 
 

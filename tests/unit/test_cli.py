@@ -100,3 +100,10 @@ def test_drift_with_mlflow_down_is_an_error_not_no_drift(tmp_path, monkeypatch):
     assert result.exit_code == errors.RegistryError.exit_code
     assert f"error: cannot read the champion of bertrec at {uri}" in result.output
     assert not (tmp_path / "outputs" / "drift").exists() and not (tmp_path / "metrics" / "drift.json").exists()
+
+
+@pytest.mark.parametrize("given", [[], ["--user", "1", "--history", "1,2"]])
+def test_recommend_needs_exactly_one_of_user_or_history(tmp_path, given):
+    result = runner.invoke(app, ["recommend", "--params", str(tmp_path / "p.yaml"), *given])
+    assert result.exit_code == errors.ConfigError.exit_code
+    assert result.output.strip() == "error: give exactly one of --user or --history"

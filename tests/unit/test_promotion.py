@@ -92,3 +92,17 @@ def test_rule_rejects_malformed_metric_keys():
         PromotionParams(metric="NDCG@10")
     with pytest.raises(ValueError, match="relative drops"):
         PromotionParams(guardrails={COVERAGE: 5})
+
+
+def test_a_rule_on_baselines_without_their_figures_is_refused(make_params):
+    from bertrec.errors import RegistryError
+    from bertrec.mlops.gate import baseline_scores
+
+    p = make_params()
+    with pytest.raises(RegistryError, match=r"no current baseline figures for split 'loo'; run `bertrec baselines"):
+        baseline_scores({"ratio": {}}, p)
+
+
+def test_the_reason_names_the_champion_version_when_given():
+    decision = decide_promotion(scores(0.1005), scores(0.100), BASELINES, RULE, champion_version="4")
+    assert "vs champion (version 4) 0.1000" in decision.reason
