@@ -89,7 +89,8 @@ def mlflow_server(root: Path, backend: str | None = None) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    with serving(command, f"http://127.0.0.1:{port}/health", root / "mlflow-server.log"):
+    no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as `bertrec stack up` runs it
+    with serving(command, f"http://127.0.0.1:{port}/health", root / "mlflow-server.log", no_jobs):
         yield f"http://127.0.0.1:{port}"
 
 

@@ -55,6 +55,8 @@ def _env(config: StackConfig) -> dict[str, str]:
         "BERTREC_PROJECT_DIR": str(config.root),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        # MLflow's job runner (7 huey processes, for its GenAI jobs) does nothing for bertrec: off unless asked for.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
     }
 
 
