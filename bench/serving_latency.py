@@ -40,6 +40,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import bertrec
 from bertrec.serve import pyfunc
+assert Path(bertrec.__file__).parents[1] == Path.cwd(), f"bertrec from {bertrec.__file__}, not {Path.cwd()}"
 code = getattr(pyfunc, "MODEL_CODE", None)  # models-from-code, or before it a pickled object
 model = {"python_model": str(code) if code else pyfunc.BundleModel()}
 mlflow.pyfunc.save_model(

@@ -109,13 +109,12 @@ def test_train_killed_mid_epoch_resumes_to_the_same_metrics(project, tmp_path):
     assert not checkpoints.parent.exists()
 
 
-@pytest.mark.parametrize("stage", ["embed", "index"])
-@pytest.mark.parametrize("moment", ["before", "after"])
+@pytest.mark.parametrize(("stage", "moment"), [("embed", "after"), ("index", "before")])
 def test_embed_and_index_killed_while_switching_keep_the_previous_output(project, stage, moment):
     root, args = project
     folder = root / "bundle" / {"embed": EMBEDDINGS, "index": INDEX}[stage]
     before = files(folder)
-    # When the stage is killed with its new output complete, around the moment it replaces the old one
+    # When the stage is killed with its new output complete, just before or just after the old one is moved aside
     killed([stage, *args], AT_SWITCH.format(target=str(folder), moment=moment))
     # Then the bundle's readers find the previous output, byte for byte
     read_embeddings(root / "bundle") if stage == "embed" else read_index(folder)
