@@ -122,6 +122,12 @@ def main() -> None:
     histories = [users.iloc[i] for i in picked]
 
     revisions = {"before": args.before, "after": args.after}
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    names = {
+        label: (f"{head.strip()}{'+changes' if dirty.stdout else ''}" if rev == "working" else rev)
+        for label, rev in revisions.items()
+    }
     runs: dict[str, list[float]] = {label: [] for label in revisions}
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bertrec-latency-") as tmp:
@@ -141,7 +147,7 @@ def main() -> None:
                     subprocess.run(["git", "worktree", "remove", "--force", str(work / "trees" / rev)], cwd=ROOT)
     report = {
         "what": "POST /invocations, one history per request, k=10, sequential, loopback, `mlflow models serve -w 1`",
-        "revisions": revisions,
+        "revisions": names,
         "requests_per_round": args.requests,
         "warmup": args.warmup,
         "rounds": rounds,
@@ -166,7 +172,7 @@ def main() -> None:
     ]
     for label, stats in report["pooled"].items():
         cells = [
-            f"{label} ({revisions[label]})",
+            f"{label} ({names[label]})",
             *(f"{stats[k]:.1f}" for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")),
         ]
         lines.append("| " + " | ".join(cells) + " |")

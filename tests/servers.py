@@ -98,7 +98,10 @@ def mlflow_server(root: Path, backend: str | None = None) -> Iterator[str]:
 def background(
     command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
-    """Run ``command`` (a worker: nothing to poll) in its own process group until the block ends."""
+    """Run ``command`` (a worker: nothing to poll) in its own process group until the block ends.
+
+    Then SIGTERM to the group, and SIGKILL if it has not exited within 5 s.
+    """
     environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -110,7 +113,7 @@ def background(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)  # a test is over: no need to wait long for a clean exit
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

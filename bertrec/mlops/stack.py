@@ -168,38 +168,42 @@ def live_members(group: int) -> list[int]:
     return members
 
 
-def _stop_group(group: int, timeout: float) -> bool:
-    """SIGTERM a process group, wait up to ``timeout`` for all of it to exit, then SIGKILL what is left.
+def _stop_groups(groups: dict[str, int], timeout: float) -> set[str]:
+    """SIGTERM process groups together, wait up to ``timeout`` for all of them to exit, then SIGKILL what is left.
 
-    Returns whether it had to be killed.
+    Returns the names of the groups that had to be killed.
     """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGTERM)
+    for group in groups.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while live_members(group) and time.monotonic() < deadline:
+    while any(live_members(g) for g in groups.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if not live_members(group):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
+    killed = {name for name, group in groups.items() if live_members(group)}
+    for name in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(groups[name], signal.SIGKILL)
     deadline = time.monotonic() + 5.0
-    while live_members(group) and time.monotonic() < deadline:
+    while any(live_members(groups[n]) for n in killed) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return True
+    return killed
 
 
 def down(config: StackConfig, timeout: float = STOP_TIMEOUT_S) -> list[str]:
-    """Stop every process `up` started, workers first, and wait until each has exited with all its children.
+    """Stop every process `up` started, the workers first, and wait until each has exited with all its children.
 
-    Each process group gets SIGTERM and ``timeout`` seconds to exit, then SIGKILL. Returns what was
-    stopped, e.g. ``["worker-cpu", "mlflow-server (killed after 20 s)"]``.
+    The workers get SIGTERM together and ``timeout`` seconds to exit, then SIGKILL; then the servers
+    the same way. Returns what was stopped, e.g. ``["worker-cpu", "mlflow-server (killed after 20 s)"]``.
     """
+    running = {f.stem: int(f.read_text()) for f in sorted(config.state.glob("*.pid")) if _alive(f)}
     stopped = []
-    order = sorted(config.state.glob("*.pid"), key=lambda p: (not p.stem.startswith("worker"), p.stem))
-    for pid_file in order:
-        if _alive(pid_file):
-            killed = _stop_group(int(pid_file.read_text()), timeout)
-            stopped.append(f"{pid_file.stem} (killed after {timeout:.0f} s)" if killed else pid_file.stem)
+    for batch in (
+        {n: g for n, g in running.items() if n.startswith("worker")},
+        {n: g for n, g in running.items() if not n.startswith("worker")},
+    ):
+        killed = _stop_groups(batch, timeout) if batch else set()
+        stopped += [f"{name} (killed after {timeout:.0f} s)" if name in killed else name for name in batch]
+    for pid_file in config.state.glob("*.pid"):
         pid_file.unlink(missing_ok=True)
     return stopped
 
