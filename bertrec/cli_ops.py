@@ -24,6 +24,7 @@ from bertrec.cli import (
     stack_app,
 )
 from bertrec.errors import ConfigError, UnknownUserError
+from bertrec.mlops.stack import STOP_TIMEOUT_S
 
 
 @command(app.command())
@@ -167,11 +168,14 @@ def stack_down(
     set_: SetOpt = None,
     prefect_port: PrefectPortOpt = 4200,
     mlflow_port: MlflowPortOpt = 5000,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0, help="Seconds the processes get after SIGTERM before SIGKILL.")
+    ] = STOP_TIMEOUT_S,
 ) -> None:
-    """Stop what `stack up` started."""
+    """Stop what `stack up` started: the workers, then the servers, each group SIGKILLed after the grace period."""
     from bertrec.mlops.stack import StackConfig, down
 
-    stopped = down(StackConfig.of(read_params(params, set_), Path.cwd(), prefect_port, mlflow_port))
+    stopped = down(StackConfig.of(read_params(params, set_), Path.cwd(), prefect_port, mlflow_port), grace)
     typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 

@@ -63,7 +63,7 @@ def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
         assert "Prefect UI" in bertrec(root, env, "stack", "up", *ports)  # idempotent: finds it running
     finally:
         groups = {f.stem: int(f.read_text()) for f in (root / ".cache" / "stack").glob("*.pid")}
-        stopped = bertrec(root, env, "stack", "down")
+        stopped = bertrec(root, env, "stack", "down", "--grace", "5")
     # `down` returns once every process it started has exited, children included (SIGKILL after a grace period)
     names = {entry.split(" (")[0] for entry in stopped.strip().split(": ", 1)[1].split(", ")}
     assert {"prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"} <= names == set(groups)
