@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -94,29 +95,58 @@ def mlflow_server(root: Path, backend: str | None = None) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+@dataclass(frozen=True)
+class Job:
+    """A command to run in the background: its log file, working folder and extra environment."""
+
+    command: list[str]
+    log: Path
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+
+
+@contextmanager
+def background_jobs(jobs: list[Job]) -> Iterator[list[subprocess.Popen]]:
+    """Run ``jobs`` (workers: nothing to poll), each in its own process group, until the block ends.
+
+    Then SIGTERM to every group at once, and SIGKILL to those that have not exited within 5 s.
+    """
+    processes = []
+    try:
+        for job in jobs:
+            environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (job.env or {})
+            with open(job.log, "w") as out:
+                processes.append(
+                    subprocess.Popen(
+                        job.command,
+                        cwd=job.cwd,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=environment,
+                        start_new_session=True,
+                    )
+                )
+        yield processes
+    finally:
+        running = [process for process in processes if process.poll() is None]
+        for process in running:
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5  # a test is over: no need to wait long for a clean exit
+        for process in running:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
 @contextmanager
 def background(
     command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
-    """Run ``command`` (a worker: nothing to poll) in its own process group until the block ends.
-
-    Then SIGTERM to the group, and SIGKILL if it has not exited within 5 s.
-    """
-    environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True
-        )
-    try:
+    """Run one ``command`` in the background until the block ends (see :func:`background_jobs`)."""
+    with background_jobs([Job(command, log, cwd, env)]) as (process,):
         yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)  # a test is over: no need to wait long for a clean exit
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def prefect_env(root: Path, api_url: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from builders import dvc_project
-from servers import background
+from servers import Job, background_jobs
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -49,20 +49,16 @@ def pipeline_run(tmp_path_factory, built_project, tiny_encoder, mlflow_uri, pref
     gpu_checkout = dvc_project(base / "gpu-worker", tiny_encoder, mlflow_uri, remote=remote)
     lock_before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     env = prefect_api.env
-    with (
-        background(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"],
-            base / "worker-cpu.log",
-            project,
-            env | {"BERTREC_PROJECT_DIR": str(project)},
-        ),
-        background(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "gpu"],
-            base / "worker-gpu.log",
-            gpu_checkout,
-            env | {"BERTREC_PROJECT_DIR": str(gpu_checkout)},
-        ),
-    ):
+    workers = [
+        Job(
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool],
+            base / f"worker-{pool}.log",
+            checkout,
+            env | {"BERTREC_PROJECT_DIR": str(checkout)},
+        )
+        for pool, checkout in (("cpu", project), ("gpu", gpu_checkout))
+    ]
+    with background_jobs(workers):
         with temporary_settings({PREFECT_API_URL: prefect_api.api, PREFECT_HOME: prefect_api.home}):
             run = run_deployment(
                 "training-pipeline/weekly",
