@@ -30,9 +30,6 @@ from bertrec.ranking.scoring import Histories, Scorer
 
 # What a request may do with history items the catalogue does not know.
 UNKNOWN_ITEMS = ("ignore", "fail")
-# How an answer was made: from the request's history, from the bundle's history of the user, or
-# the cold-user answer (training popularity) for a request with neither.
-BASES = ("history", "user", "popular")
 
 
 @dataclass(frozen=True)
@@ -44,10 +41,10 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class Answer:
-    """One request row's answer: the picks, how they were made (one of BASES), the ignored history items."""
+    """One request row's answer: the picks, how they were made, the ignored history items."""
 
     picks: list[Recommendation]
-    basis: str
+    basis: str  # "history" (the request's), "user" (the bundle's history of user_id) or "popular" (neither)
     ignored: list[str]
 
 
@@ -106,8 +103,9 @@ class Recommender:
         answers: list[Answer] = []
         histories, ignored = [], []
         for history, user_id in requests:
-            known = [str(i) for i in history if str(i) in self.position]
-            unknown = [str(i) for i in history if str(i) not in self.position]
+            ids = [str(i) for i in history]
+            known = [i for i in ids if i in self.position]
+            unknown = [i for i in ids if i not in self.position]
             if unknown and unknown_items == "fail":
                 raise UnknownItemError(f"history: item id {unknown[0]!r} is not in the catalogue (unknown_items=fail)")
             ignored.append(unknown)
