@@ -1,4 +1,4 @@
-"""The operations of the `bertrec` command line: recommend, the registry, serving, the local stack, the replay.
+"""The operations of the `bertrec` command line: recommend, the registry, serving, the local stack, the replay, synth.
 
 Imported by :mod:`bertrec.cli`, whose app, options and error mapping these commands share.
 """
@@ -196,3 +196,34 @@ def stack_worker(
     from bertrec.mlops.stack import start_worker
 
     start_worker(pool, params, set_ or [], dvc_remote, dvc_endpoint)
+
+
+@command(app.command())
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (replaced atomically).")],
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Interactions to draw.")] = 1_000_000,
+    items: Annotated[int, typer.Option("--items", min=10, help="Catalogue size.")] = 50_000,
+    users: Annotated[int, typer.Option("--users", min=1, help="Users (each gets at least 5 rows).")] = 20_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every draw.")] = 0,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table (interactions/items Parquet) | movielens (ratings.csv, movies.csv).")
+    ] = "table",
+    topics: Annotated[int, typer.Option("--topics", min=1, help="Latent topics behind items, text and users.")] = 50,
+) -> None:
+    """Write a synthetic log with Zipf popularity, heavy-tailed users, topic sessions and topic-bearing text.
+
+    The generative model is documented in bertrec/data/synth.py. Use it with data.source=table
+    (data.path=OUT/interactions.parquet, data.items_path=OUT/items.parquet) or data.source=movielens
+    (data.path=OUT).
+    """
+    import time
+
+    from bertrec.data.synth import SynthSpec, generate, write
+
+    began = time.perf_counter()
+    spec = SynthSpec(rows=rows, items=items, users=users, seed=seed, topics=topics)
+    files = write(generate(spec), out, fmt)
+    typer.echo(
+        f"{rows} interactions, {items} items, {users} users ({fmt}) in {time.perf_counter() - began:.1f}s: "
+        + ", ".join(str(f) for f in files.values())
+    )
