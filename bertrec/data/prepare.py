@@ -18,6 +18,7 @@ from bertrec.data.tables import id_order
 from bertrec.data.text import normalise_lists, render_texts
 from bertrec.errors import DataError
 
+
 @dataclass(frozen=True)
 class Cleaned:
     dataset: Dataset
@@ -94,12 +95,13 @@ def _index(kept: pd.DataFrame, loaded: Loaded, params: DataParams) -> Dataset:
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int32))
     items.insert(2, "text", text)
 
-    users = kept["user_id"].unique()
-    users = users[id_order(users)]
-    user_idx = pd.Series(np.arange(len(users), dtype=np.int32), index=users)
-    item_idx = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].to_numpy())
-    kept["user_idx"] = user_idx.loc[kept["user_id"].to_numpy()].to_numpy()
-    kept["item_idx"] = item_idx.loc[kept["item_id"].to_numpy()].to_numpy()
+    # Each distinct id is hashed once (factorize), then only the distinct ids are ordered and looked up.
+    user_codes, users = pd.factorize(kept["user_id"])
+    rank = np.empty(len(users), dtype=np.int32)
+    rank[id_order(np.asarray(users))] = np.arange(len(users), dtype=np.int32)
+    kept["user_idx"] = rank[user_codes]
+    item_codes, seen = pd.factorize(kept["item_id"])
+    kept["item_idx"] = pd.Index(items["item_id"]).get_indexer(seen).astype(np.int32)[item_codes]
     # kept is already in (timestamp, source order); a stable sort by user keeps that within each user.
     kept = kept.sort_values("user_idx", kind="stable").reset_index(drop=True)
     return Dataset(kept.drop(columns="source_row"), items)

@@ -16,6 +16,7 @@ from bertrec.data.dataset import INTERACTIONS_FILE, ITEMS_FILE, MANIFEST_FILE
 from bertrec.data.prepare import clean
 from bertrec.data.sources import load_source
 from bertrec.io import atomic_dir, sha256_file, write_json, write_parquet
+from bertrec.progress import phase
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ def run(params: Params) -> Prepared:
     Nothing is written unless every check passed; the previous outputs stay as they were.
     Raises DataError.
     """
-    source = load_source(params)
-    cleaned = clean(source.loaded, params.data)
+    with phase("prepare: read and validate the source"):
+        source = load_source(params)
+    with phase(f"prepare: clean and index {len(source.loaded.interactions)} rows"):
+        cleaned = clean(source.loaded, params.data)
     data = cleaned.dataset
     manifest: dict[str, Any] = {
         "dataset": source.name,
@@ -61,7 +64,7 @@ def run(params: Params) -> Prepared:
         "text_template": params.data.text_template,
         "outputs": {},
     }
-    with atomic_dir(params.paths.prepared) as tmp:
+    with phase("prepare: write the tables"), atomic_dir(params.paths.prepared) as tmp:
         write_parquet(data.interactions, tmp / INTERACTIONS_FILE)
         write_parquet(data.items, tmp / ITEMS_FILE)
         manifest["outputs"] = {name: sha256_file(tmp / name) for name in (INTERACTIONS_FILE, ITEMS_FILE)}

@@ -10,6 +10,7 @@ from typing import Any
 from bertrec.config import SPLITS, Params
 from bertrec.data.dataset import load_dataset
 from bertrec.data.split import check_split_names, make_split, write_split
+from bertrec.progress import phase
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ def run(p: Params, names: list[str] | None = None) -> Splits:
     data = load_dataset(p.paths.prepared)
     written = []
     for name in names:
-        made = make_split(data, name, p.split)
-        written.append(Written(name, write_split(made, p.paths.splits), made.summary()))
+        with phase(f"split {name}"):
+            made = make_split(data, name, p.split)
+            written.append(Written(name, write_split(made, p.paths.splits), made.summary()))
     return Splits(tuple(written))
