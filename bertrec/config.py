@@ -120,6 +120,7 @@ class ModelParams(_Section):
     encoder: str = DEFAULT_ENCODER
     max_length: int = Field(64, gt=0)
     encode_batch_size: int = Field(128, gt=0)
+    encode_precision: Literal["fp32", "int8"] = "fp32"  # frozen encoder on CPU only (bertrec.model.features)
     item_repr: Literal["text", "id", "hybrid"] = "hybrid"
     user_encoder: Literal["sequence", "text"] = "sequence"
     dim: int = Field(64, gt=0)
@@ -140,11 +141,12 @@ class TrainParams(_Section):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     freeze_layers: int | Literal["all"] = "all"
-    loss: Literal["full", "sampled"] = "full"
+    loss: Literal["auto", "full", "sampled"] = "auto"
     negatives: int = Field(1024, gt=0)
     logq: bool = True
     logit_adjust: float = Field(0.0, ge=0.0)
     patience: int = Field(10, gt=0)
+    valid_users: int | None = Field(10_000, gt=0)
     seed: int = 2026
     device: str = "auto"
     text_user_positions: int = Field(10, gt=0)

@@ -3,10 +3,12 @@
 ```
 bundle/
   model/        weights.safetensors (the towers), tower.json, training.json, items.parquet,
-                text_features.npy (the catalogue's encoder features), encoder/ (HF folder + tokenizer),
+                text_features.npy (the catalogue's encoder features, float16), encoder/ (HF folder +
+                tokenizer; bertrec.json: max_length and the precision features were read in),
                 histories.parquet (each known user's items, oldest first, for queries by user id)
-  embeddings/   vectors.npy (float16, unit norm), items.parquet (item_idx -> item_id), embeddings.json
-  index/        index.faiss, index.json (factory, recall@10 against exact search)
+  embeddings/   vectors.npy (float16, unit norm), items.parquet (item_idx -> item_id), embeddings.json,
+                queries.npy (user vectors of sampled training users: the queries recall is measured on)
+  index/        index.faiss, index.json (factory, search settings, recall@10 against exact search)
 ```
 `bertrec train` writes ``model/``, `bertrec embed` writes ``embeddings/``, `bertrec index` writes
 ``index/``; each part is replaced atomically. Later steps register the whole directory in MLflow.
@@ -32,6 +34,7 @@ from bertrec.model.scorer import TowerScorer
 from bertrec.model.towers import TowerConfig, TwoTower
 
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
+TEXT_FEATURES = "text_features.npy"
 
 
 def save_model(
@@ -60,12 +63,25 @@ def save_model(
             histories[["user_id", "item_id"]].astype(str).to_parquet(tmp / HISTORIES, index=False)
         if scorer.text_features is not None:
             features = scorer.text_features
-            texts = items["text"].tolist()
-            np.save(tmp / "text_features.npy", features.raw_features(texts))
-            features.encoder.model.save_pretrained(tmp / "encoder")
-            features.encoder.tokenizer.save_pretrained(tmp / "encoder")
-            (tmp / "encoder" / "bertrec.json").write_text(json.dumps({"max_length": features.encoder.max_length}))
+            save_text_features(features, items["text"].tolist(), tmp / TEXT_FEATURES)
+            encoder = features.float_encoder  # float32 weights; an int8 reader is remade from them on load
+            encoder.model.save_pretrained(tmp / "encoder")
+            encoder.tokenizer.save_pretrained(tmp / "encoder")
+            settings = {"max_length": encoder.max_length, "precision": features.precision}
+            (tmp / "encoder" / "bertrec.json").write_text(json.dumps(settings))
     return target
+
+
+def save_text_features(features: ItemTextFeatures, texts: list[str], path: Path) -> None:
+    """The catalogue's encoder features as float16 ``.npy``: the frozen table as it is, or ``texts`` encoded."""
+    if features.table is not None and len(features.table) == len(texts):
+        np.save(path, np.asarray(features.table, dtype=np.float16))
+        return
+    shape = (len(texts), features.encoder.model.config.hidden_size)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    features.encoder.features(texts, features.batch_size, progress=True, out=out)
+    out.flush()
+    del out
 
 
 def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.DataFrame]:
@@ -79,10 +95,11 @@ def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.Data
     dev = pick_device(device)
     features = None
     if (folder / "encoder").exists():
-        max_length = json.loads((folder / "encoder" / "bertrec.json").read_text())["max_length"]
-        encoder = TextEncoder.load(str(folder / "encoder"), max_length, str(dev))
-        cache = np.load(folder / "text_features.npy")
-        features = ItemTextFeatures(encoder, items["text"].tolist(), "all", 128, cache=cache)
+        settings = json.loads((folder / "encoder" / "bertrec.json").read_text())
+        encoder = TextEncoder.load(str(folder / "encoder"), settings["max_length"], str(dev))
+        cache = np.load(folder / TEXT_FEATURES, mmap_mode="r")
+        precision = settings.get("precision", "fp32")  # bundles written before encode_precision: fp32
+        features = ItemTextFeatures(encoder, items["text"].tolist(), "all", 128, cache=cache, precision=precision)
     model = TwoTower(config)
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     titles = (items["title"] if "title" in items else items["text"]).to_numpy(dtype=object)

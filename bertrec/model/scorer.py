@@ -54,6 +54,7 @@ class TowerScorer(Scorer):
         self.titles = titles
         self.device = device
         self.n_items = model.config.n_items
+        self._catalogue: tuple[tuple, torch.Tensor] | None = None  # (parameter versions, item vectors)
 
     def fit(self, train) -> TowerScorer:  # trained by bertrec.model.train.train, not here
         return self
@@ -64,6 +65,19 @@ class TowerScorer(Scorer):
             items = torch.arange(self.n_items, device=self.device)
         text = self.text_features(items) if self.model.items.use_text else None
         return self.model.items(text, items)
+
+    @torch.inference_mode()
+    def catalogue_vectors(self) -> torch.Tensor:
+        """The whole catalogue's item vectors (n_items, dim), kept between calls until a weight changes.
+
+        Evaluation scores the users chunk by chunk; without this, every chunk would run the item
+        tower over the whole catalogue again. Any in-place update (an optimizer step, a loaded
+        state) bumps a parameter's version and so invalidates the copy.
+        """
+        version = (self.model.training, *(p._version for p in self.model.parameters()))
+        if self._catalogue is None or self._catalogue[0] != version:
+            self._catalogue = (version, self.item_vectors())
+        return self._catalogue[1]
 
     def history_vectors(
         self, inputs: torch.Tensor, vectors: torch.Tensor, candidates: torch.Tensor | None = None
@@ -94,7 +108,7 @@ class TowerScorer(Scorer):
     @torch.inference_mode()
     def score(self, histories: Histories) -> np.ndarray:
         self.model.eval()
-        vectors = self.item_vectors()
+        vectors = self.catalogue_vectors()
         users = self.user_vectors_for(histories, vectors)
         return self.model.logits(users, vectors).float().cpu().numpy()
 
@@ -119,7 +133,10 @@ def build_towers(params: Params, split: Split, items: pd.DataFrame) -> TowerScor
     features, text_dim = None, 1
     if needs_text:
         encoder = TextEncoder.load(mp.encoder, mp.max_length, str(device))
-        features = ItemTextFeatures(encoder, items["text"].tolist(), tp.freeze_layers, mp.encode_batch_size)
+        texts, cache = items["text"].tolist(), params.paths.cache
+        features = ItemTextFeatures(
+            encoder, texts, tp.freeze_layers, mp.encode_batch_size, cache_dir=cache, precision=mp.encode_precision
+        )
         text_dim = encoder.model.config.hidden_size
     config = TowerConfig(
         n_items=split.n_items,

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bertrec.config import Params
-from bertrec.model.bundle import load_model
-from bertrec.model.embed import embed_catalogue
-from bertrec.model.vectors import EmbedStats, write_embeddings
+from bertrec.data.split import read_split
+from bertrec.model.bundle import load_model, read_training
+from bertrec.model.embed import embed_catalogue, encode_users, sample_histories
+from bertrec.model.scorer import TowerScorer
+from bertrec.model.vectors import EmbedStats, read_embeddings, stream_embeddings, write_queries
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,19 @@ class Embedded:
 
 
 def run(p: Params) -> Embedded:
-    """Write the bundle's ``embeddings/``: float16 unit vectors and the id map."""
+    """Write the bundle's ``embeddings/``: float16 unit vectors, the id map, and the user vectors of ``queries.npy``."""
     scorer, items = load_model(p.paths.bundle, p.train.device)
-    vectors, stats = embed_catalogue(scorer, items, p.model.encode_batch_size)
-    return Embedded(write_embeddings(vectors, items, p.paths.bundle, stats), stats)
+
+    def fill(out: np.ndarray) -> EmbedStats:  # batch by batch into the float16 file, never all of it in float32
+        return embed_catalogue(scorer, items, p.model.encode_batch_size, out=out)[1]
+
+    folder, stats = stream_embeddings(items, p.paths.bundle, scorer.model.config.dim, fill)
+    write_queries(user_queries(p, scorer), p.paths.bundle)
+    return Embedded(folder, stats)
+
+
+def user_queries(p: Params, scorer: TowerScorer) -> np.ndarray:
+    """User vectors of ``index.recall_sample`` users of the model's training split, over the stored item vectors."""
+    split = read_split(p.paths.splits, read_training(p.paths.bundle)["split"], 0, scorer.n_items)  # n_users unused
+    stored, _ = read_embeddings(p.paths.bundle)
+    return encode_users(scorer, sample_histories(split.train, p.index.recall_sample, p.train.seed), stored)

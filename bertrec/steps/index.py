@@ -1,4 +1,4 @@
-"""The `index` stage: the FAISS index of the item vectors, with its recall@10 against exact search."""
+"""The `index` stage: the FAISS index of the item vectors, tuned to and measured by recall@10 against exact search."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from bertrec.config import Params
 from bertrec.model.index import IndexInfo, write_index
 from bertrec.model.layout import INDEX
-from bertrec.model.vectors import read_embeddings
+from bertrec.model.vectors import read_embeddings, read_queries
 
 
 @dataclass(frozen=True)
@@ -18,11 +18,16 @@ class Indexed:
 
     def summary(self) -> str:
         i = self.info
-        return f"{i.factory} over {i.n_items} items, recall@10 vs exact {i.recall_at_10:.4f} -> {self.folder}"
+        search = ", ".join(f"{k}={v}" for k, v in i.search.items()) or "exhaustive"
+        return (
+            f"{i.factory} ({search}) over {i.n_items} items, recall@10 vs exact {i.recall_at_10:.4f} "
+            f"on {i.sample} queries ({i.queries}) -> {self.folder}"
+        )
 
 
 def run(p: Params) -> Indexed:
-    """Write the bundle's ``index/`` with ``index.factory``."""
+    """Write the bundle's ``index/`` with ``index.factory``; recall on the embed stage's user vectors if any."""
     vectors, _ = read_embeddings(p.paths.bundle)
+    queries = read_queries(p.paths.bundle)
     folder = p.paths.bundle / INDEX
-    return Indexed(folder, write_index(vectors, folder, p.index.factory, p.index.recall_sample))
+    return Indexed(folder, write_index(vectors, folder, p.index.factory, p.index.recall_sample, queries))
