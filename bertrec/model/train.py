@@ -32,6 +32,7 @@ from bertrec.data.split import Split
 from bertrec.io import atomic_file
 from bertrec.model.losses import full_softmax_loss, sampled_softmax_loss
 from bertrec.model.scorer import TowerScorer, build_towers
+from bertrec.progress import Progress
 from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, train_set
 from bertrec.ranking.scoring import Histories
 
@@ -39,34 +40,58 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 PRIMARY = "NDCG@10"
+# train.loss auto: the full softmax up to this many items, sampled above. Measured by
+# bench/softmax_crossover.py: the largest catalogue where a full-softmax step costs at most 1.5x a sampled one.
+FULL_SOFTMAX_MAX_ITEMS = 5_000
+
+
+def choose_loss(loss: str, n_items: int) -> str:
+    """``auto``: ``full`` up to FULL_SOFTMAX_MAX_ITEMS items, ``sampled`` above; else ``loss`` unchanged."""
+    if loss != "auto":
+        return loss
+    return "full" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
 
 
 @dataclass(frozen=True)
 class TrainingWindows:
-    """Training sequences, right-aligned: ``inputs[s, t]`` is followed by ``targets[s, t]``; -1 is empty."""
+    """Training sequences, generated lazily: window ``s`` is ``items[starts[s]:ends[s]]``.
 
-    inputs: np.ndarray  # (S, L)
-    targets: np.ndarray  # (S, L)
+    :meth:`batch` right-aligns windows: ``inputs[b, t]`` is followed by ``targets[b, t]``; -1 is
+    empty. Only the flat histories and two offsets per window are held, never (windows, length).
+    """
+
+    items: np.ndarray  # (total,) every history, concatenated
+    starts: np.ndarray  # (S,) first item of each window
+    ends: np.ndarray  # (S,) one past its last item
+    length: int
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) of windows ``rows``: two (len(rows), length) int64 arrays."""
+        starts, ends = self.starts[rows, None], self.ends[rows, None]
+        at = ends - self.length - 1 + np.arange(self.length)[None, :]  # (B, L): position of each input
+        filled = at >= starts
+        inputs = np.where(filled, self.items[np.maximum(at, 0)], -1)
+        targets = np.where(filled, self.items[np.minimum(at + 1, len(self.items) - 1)], -1)
+        return inputs, targets
 
 
 def make_windows(histories: Histories, length: int) -> TrainingWindows:
-    """Cut each history into windows of ``length + 1`` items, from its end backwards (no overlap)."""
-    inputs, targets = [], []
-    for u in range(len(histories)):
-        items = histories[u]
-        end = len(items)
-        while end >= 2:
-            chunk = items[max(0, end - length - 1) : end]
-            row_in = np.full(length, -1, dtype=np.int64)
-            row_out = np.full(length, -1, dtype=np.int64)
-            row_in[length - len(chunk) + 1 :] = chunk[:-1]
-            row_out[length - len(chunk) + 1 :] = chunk[1:]
-            inputs.append(row_in)
-            targets.append(row_out)
-            end -= length
-    if not inputs:
+    """Cut each history into windows of ``length + 1`` items, from its end backwards (no overlap).
+
+    Users in order; within a user, the newest window first.
+    """
+    lengths = histories.lengths()
+    per_user = np.where(lengths >= 2, (lengths - 2) // length + 1, 0)  # windows per user
+    user = np.repeat(np.arange(len(lengths)), per_user)
+    nth = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # 0 = newest
+    ends = histories.indptr[1:][user] - nth * length
+    starts = np.maximum(histories.indptr[:-1][user], ends - length - 1)
+    if len(ends) == 0:
         raise ValueError("no training history has two or more items")
-    return TrainingWindows(np.stack(inputs), np.stack(targets))
+    return TrainingWindows(np.asarray(histories.items, dtype=np.int64), starts, ends, length)
 
 
 @dataclass
@@ -181,7 +206,7 @@ def train(
         n_samples = len(samples.targets)
     else:
         windows = make_windows(train.histories(), params.model.max_history)
-        n_samples = len(windows.inputs)
+        n_samples = len(windows)
     popularity = torch.tensor(train.popularity(), dtype=torch.float32) + 1.0
     log_pop = torch.log(popularity / popularity.sum()).to(device)
     # Items with no training interaction did not exist at training time (cold_items' new items):
@@ -190,7 +215,16 @@ def train(
     prior = torch.where(known, 0.0, float("-inf")) + (tp.logit_adjust * log_pop if tp.logit_adjust > 0 else 0.0)
     known_items = torch.nonzero(known).squeeze(1)
     reference = reference_of(train)
-    valid_cases = build_cases(split, "valid")
+    valid_cases = build_cases(split, "valid").sample(tp.valid_users, tp.seed)
+    loss_kind = choose_loss(tp.loss, split.n_items)
+    log.info(
+        "training on %d %s, %s softmax over %d items; early stopping on %d validation users",
+        n_samples,
+        "samples" if text_users else "windows",
+        loss_kind,
+        split.n_items,
+        len(valid_cases.users),
+    )
 
     tower_params = [p for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": tower_params, "lr": tp.lr}]
@@ -232,6 +266,7 @@ def train(
         order = np.random.default_rng([tp.seed, epoch]).permutation(n_samples)
         model.train()
         losses = []
+        meter = Progress(f"epoch {epoch}", n_samples, "windows" if not text_users else "samples", every=30.0)
         for start in range(0, len(order), tp.batch_size):
             batch = order[start : start + tp.batch_size]
             with autocast:
@@ -239,15 +274,13 @@ def train(
                     users = model.users(samples.features[batch]).unsqueeze(1)  # (B, 1, d)
                     targets = samples.targets[batch].unsqueeze(1)
                     loss = full_softmax_loss(users, scorer.item_vectors(), targets, model.config.temperature, prior)
-                elif tp.loss == "full":
-                    inputs = torch.from_numpy(windows.inputs[batch]).to(device)
-                    targets = torch.from_numpy(windows.targets[batch]).to(device)
+                elif loss_kind == "full":
+                    inputs, targets = (torch.from_numpy(a).to(device) for a in windows.batch(batch))
                     vectors = scorer.item_vectors()
                     users = model.user_vectors(scorer.history_vectors(inputs, vectors), inputs < 0)
                     loss = full_softmax_loss(users, vectors, targets, model.config.temperature, prior)
                 else:
-                    inputs = torch.from_numpy(windows.inputs[batch]).to(device)
-                    targets = torch.from_numpy(windows.targets[batch]).to(device)
+                    inputs, targets = (torch.from_numpy(a).to(device) for a in windows.batch(batch))
                     loss = _sampled_batch(
                         scorer, inputs, targets, log_pop, known_items, tp.negatives, tp.logq, generator
                     )
@@ -257,6 +290,7 @@ def train(
             optimizer.step()
             scheduler.step()
             losses.append(float(loss.detach()))
+            meter.advance(len(batch))
         valid = evaluate(scorer, valid_cases, reference, (10, 20), params.eval.batch_size).metrics
         entry = EpochLog(epoch, float(np.mean(losses)), valid, time.perf_counter() - began)
         result.epochs.append(entry)

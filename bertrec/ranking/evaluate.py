@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from bertrec.data.split import Split
 from bertrec.io import atomic_file
+from bertrec.progress import Progress
 from bertrec.ranking.metrics import Reference, compute_metrics
 from bertrec.ranking.scoring import Histories, Scorer, TrainSet
+
+SCORE_CELLS = 1 << 25  # users x items scored at once: 128 MiB of float32 (eval.batch_size caps the users)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,17 @@ class Cases:
     context: Histories  # what the scorer sees and what is excluded from ranking
     positives: sp.csr_matrix  # (n, n_items)
     candidates: np.ndarray | None = None
+
+    def sample(self, n: int | None, seed: int) -> Cases:
+        """A seeded sample of ``n`` users (in user order), or these cases when ``n`` covers them all."""
+        if n is None or n >= len(self.users):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.users), size=n, replace=False))
+        indptr = self.context.indptr
+        lengths = np.diff(indptr)[keep]
+        take = np.repeat(indptr[keep] - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
+        context = Histories(np.r_[0, np.cumsum(lengths)].astype(np.int64), self.context.items[take])
+        return Cases(self.target, self.users[keep], context, self.positives[keep], self.candidates)
 
 
 @dataclass(frozen=True)
@@ -79,13 +92,24 @@ def reference_of(train: TrainSet) -> Reference:
     return Reference.from_train(rows["item_idx"].to_numpy(), rows["user_idx"].to_numpy(), train.n_items)
 
 
-def rank_cases(scorer: Scorer, cases: Cases, k: int, batch_size: int, progress: bool = True) -> np.ndarray:
-    """Top-``k`` lists of every case, computed in batches of users: (n, k)."""
+def chunk_rows(batch_size: int, n_items: int, cells: int = SCORE_CELLS) -> int:
+    """Users ranked at once: ``batch_size``, fewer when a (users, catalogue) score matrix would pass ``cells``."""
+    return max(1, min(batch_size, cells // max(n_items, 1)))
+
+
+def rank_cases(scorer: Scorer, cases: Cases, k: int, batch_size: int) -> np.ndarray:
+    """Top-``k`` lists of every case, computed in chunks of users (see :func:`chunk_rows`): (n, k).
+
+    Memory is bounded by the chunk's score matrix, whatever the number of users; progress goes to the log.
+    """
     out = np.empty((len(cases.users), k), dtype=np.int64)
-    starts = range(0, len(cases.users), batch_size)
-    for start in tqdm(starts, desc=f"rank {cases.target}", unit="batch", disable=not progress or len(starts) < 4):
-        stop = min(start + batch_size, len(cases.users))
+    rows = chunk_rows(batch_size, cases.positives.shape[1])
+    meter = Progress(f"rank {cases.target}", len(cases.users), "users")
+    for start in range(0, len(cases.users), rows):
+        stop = min(start + rows, len(cases.users))
         out[start:stop] = scorer.recommend(cases.context.slice(start, stop), k, candidates=cases.candidates)
+        meter.advance(stop - start)
+    meter.finish()
     return out
 
 

@@ -40,8 +40,8 @@ class Reference:
     @classmethod
     def from_train(cls, item_idx: np.ndarray, user_idx: np.ndarray, n_items: int) -> Reference:
         popularity = np.bincount(item_idx, minlength=n_items).astype(np.int64)
-        pairs = np.unique(np.stack([user_idx, item_idx]), axis=1)
-        users_per_item = np.bincount(pairs[1], minlength=n_items)
+        pairs = np.unique(np.asarray(user_idx, dtype=np.int64) * n_items + item_idx)  # distinct (user, item)
+        users_per_item = np.bincount(pairs % n_items, minlength=n_items)
         n_train_users = max(1, len(np.unique(user_idx)))
         share = np.maximum(users_per_item, 1) / n_train_users
         return cls(popularity, share, ~head_items(popularity))

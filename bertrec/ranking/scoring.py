@@ -122,23 +122,70 @@ def mask_out(scores: np.ndarray, exclude: Histories, candidates: np.ndarray | No
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest scores per row, best first; ties by index ascending; -inf slots are -1.
 
-    Exact and deterministic: the ``k``-th value is found by partition, then every item above it and
-    the lowest-indexed items equal to it are taken. Runs in O(batch * n_items).
+    Exact and deterministic. ``torch.topk`` finds each row's ``k + 1`` best (multi-threaded, partial
+    selection); a row whose ``k + 1``-th score equals its ``k``-th may have left a tied item out and
+    is redone by :func:`exact_top_k`, so ties always go to the lowest index. O(batch * n_items).
     """
+    import torch  # the ranking steps that need no model still rank fast; imported once, on first use
+
     n_rows, n_items = scores.shape
     k_eff = min(k, n_items)
-    if np.isnan(scores).any():
+    if n_rows == 0 or k_eff == 0:
+        return np.full((n_rows, k), -1, dtype=np.int64)
+    # One more than needed: where the (k+1)-th score equals the k-th, a tied item may have been left out.
+    extra = 1 if k_eff < n_items else 0
+    values, cols = (t.numpy() for t in torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k_eff + extra, dim=1))
+    if np.isnan(values).any():  # topk ranks NaN above every number, so any NaN shows here
         raise ValueError("scores contain NaN")
-    kth = -np.partition(-scores, k_eff - 1, axis=1)[:, k_eff - 1 : k_eff]  # (rows, 1): the k-th largest
-    above = scores > kth
-    tied = scores == kth
-    room = k_eff - above.sum(axis=1, keepdims=True)  # how many tied items fit
-    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
-    cols = np.nonzero(chosen)[1].reshape(n_rows, k_eff)  # ascending index within each row
-    picked = np.take_along_axis(scores, cols, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")  # stable: equal scores keep index order
-    result = np.take_along_axis(cols, order, axis=1)
-    result[np.take_along_axis(picked, order, axis=1) == -np.inf] = -1
+    redo = (
+        (values[:, -1] == values[:, k_eff - 1]) & (values[:, k_eff - 1] > -np.inf) if extra else np.zeros(n_rows, bool)
+    )
+    values, cols = values[:, :k_eff], cols[:, :k_eff]
+    if redo.any():
+        cols[redo] = exact_top_k(scores[redo], k_eff)
+        values[redo] = np.take_along_axis(scores[redo], cols[redo], axis=1)
+    order = np.lexsort((cols, -values), axis=1)  # by score, then by index
+    result = np.take_along_axis(cols, order, axis=1).astype(np.int64)
+    result[np.take_along_axis(values, order, axis=1) == -np.inf] = -1
     if k_eff < k:
         result = np.pad(result, ((0, 0), (0, k - k_eff)), constant_values=-1)
     return result
+
+
+def exact_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` (<= n_items) highest scores' indices per row, in index order; of tied items, the lowest indices.
+
+    The ``k``-th value is found by partition, then every item above it and the lowest-indexed items
+    equal to it are taken.
+    """
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (rows, 1): the k-th largest
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(axis=1, keepdims=True)  # how many tied items fit
+    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
+    return np.nonzero(chosen)[1].reshape(len(scores), k)  # ascending index within each row
+
+
+def segment_top_k(indptr: np.ndarray, values: np.ndarray, k: int, cells: int = 1 << 24) -> np.ndarray:
+    """Positions of the ``k`` largest ``values`` of each segment ``[indptr[s], indptr[s + 1])``: (segments, k).
+
+    Best first; ties by position (so a CSR row with sorted indices breaks ties by column); -inf
+    values and missing slots are -1. Segments are padded to the next power of two of their length
+    and ranked by :func:`top_k` a bounded number of ``cells`` at a time: O(nnz), never dense.
+    """
+    counts = np.diff(indptr)
+    out = np.full((len(counts), k), -1, dtype=np.int64)
+    width_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    for w in np.unique(width_class[counts > 0]):
+        width = 1 << int(w)
+        segments = np.flatnonzero((width_class == w) & (counts > 0))
+        step = max(1, cells // width)
+        for lo in range(0, len(segments), step):
+            chunk = segments[lo : lo + step]
+            start = indptr[chunk][:, None]  # (c, 1)
+            at = start + np.arange(width)[None, :]  # (c, width)
+            inside = at < indptr[chunk + 1][:, None]
+            padded = np.where(inside, values[np.minimum(at, len(values) - 1)], -np.inf)
+            picked = top_k(padded, k)  # (c, k) offsets within the segment
+            out[chunk] = np.where(picked >= 0, start + picked, -1)
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertrec.ranking.scoring import Histories, Scorer, TrainSet, mask_out, top_k
+from bertrec.ranking.scoring import Histories, Scorer, TrainSet, mask_out, segment_top_k, top_k
 
 
 def slow_top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -59,6 +59,32 @@ def test_top_k_matches_full_stable_sort(seed: int) -> None:
         # Then they equal the full sort, padded with -1 past the catalogue
         assert got.shape == (n_rows, k)
         np.testing.assert_array_equal(got, slow_top_k(scores, k), err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("levels", [3, 50, 10_000])
+def test_top_k_wide_rows_with_and_without_boundary_ties(levels: int) -> None:
+    # Given wide rows where ties at the k-th score are common (3 levels), occasional (50) or rare
+    rng = np.random.default_rng(levels)
+    scores = rng.integers(0, levels, (40, 300)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    # Then the fast selection equals the full stable sort
+    np.testing.assert_array_equal(top_k(scores.copy(), 20), slow_top_k(scores, 20))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_segment_top_k_matches_a_sort_of_each_segment(seed: int) -> None:
+    # Given segments of 0 to 70 values with ties and -inf, some longer than k, some shorter
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 70, 30)
+    indptr = np.r_[0, np.cumsum(counts)]
+    values = rng.integers(0, 6, indptr[-1]).astype(np.float32)
+    values[rng.random(len(values)) < 0.1] = -np.inf
+    # When each segment's top 8 positions are taken, a few cells at a time
+    got = segment_top_k(indptr, values, 8, cells=64)
+    # Then they are each segment's stable sort by value, as positions in `values`
+    for s in range(len(counts)):
+        offsets = slow_top_k(values[None, indptr[s] : indptr[s + 1]], 8)[0] if counts[s] else np.full(8, -1)
+        np.testing.assert_array_equal(got[s], np.where(offsets >= 0, indptr[s] + offsets, -1))
 
 
 def test_top_k_ties_broken_by_index_by_hand() -> None:

@@ -57,14 +57,47 @@ def test_logq_lowers_popular_items_more_than_rare_ones():
     assert float(corrected[0, 1] - corrected[0, 0]) == pytest.approx(math.log(500), rel=1e-5)
 
 
+def materialised_windows(histories: Histories, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: every window built as a row, user by user, from the end backwards."""
+    inputs, targets = [], []
+    for u in range(len(histories)):
+        items, end = histories[u], len(histories[u])
+        while end >= 2:
+            chunk = items[max(0, end - length - 1) : end]
+            row_in, row_out = np.full(length, -1), np.full(length, -1)
+            row_in[length - len(chunk) + 1 :], row_out[length - len(chunk) + 1 :] = chunk[:-1], chunk[1:]
+            inputs.append(row_in)
+            targets.append(row_out)
+            end -= length
+    return np.stack(inputs), np.stack(targets)
+
+
+def both(windows) -> tuple[list, list]:
+    inputs, targets = windows.batch(np.arange(len(windows)))
+    return inputs.tolist(), targets.tolist()
+
+
 def test_windows_cut_long_histories_from_the_end():
     histories = Histories(np.array([0, 7, 8]), np.arange(8))
-    windows = make_windows(histories, length=3)
     # user 0: [0..6] -> [3..6] and [0..3], every transition once; user 1 has one item: no window
-    assert windows.inputs.tolist() == [[3, 4, 5], [0, 1, 2]]
-    assert windows.targets.tolist() == [[4, 5, 6], [1, 2, 3]]
+    assert both(make_windows(histories, length=3)) == ([[3, 4, 5], [0, 1, 2]], [[4, 5, 6], [1, 2, 3]])
     short = make_windows(Histories(np.array([0, 2]), np.array([5, 9])), length=3)
-    assert short.inputs.tolist() == [[-1, -1, 5]] and short.targets.tolist() == [[-1, -1, 9]]
+    assert both(short) == ([[-1, -1, 5]], [[-1, -1, 9]])
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 50])
+def test_lazy_windows_equal_materialised_ones(length):
+    # Given random histories of 0 to 40 items
+    rng = np.random.default_rng(length)
+    lengths = rng.integers(0, 40, 60)
+    histories = Histories(np.r_[0, np.cumsum(lengths)], rng.integers(0, 500, lengths.sum()))
+    windows = make_windows(histories, length)
+    # When any batch of windows is generated, in any order
+    order = rng.permutation(len(windows))
+    inputs, targets = windows.batch(order)
+    # Then it is exactly those rows of the materialised windows
+    ref_in, ref_out = materialised_windows(histories, length)
+    assert np.array_equal(inputs, ref_in[order]) and np.array_equal(targets, ref_out[order])
 
 
 def tiny_params(make_params, tiny_encoder, *extra: str):
