@@ -195,7 +195,7 @@ class TextZeroShot(Scorer):
     def score(self, histories: Histories) -> np.ndarray:
         recent = histories.last(self.history)
         users = recent.matrix(len(self.vectors)) @ self.vectors  # (batch, dim) sums
-        counts = np.maximum(recent.lengths(), 1)[:, None]
+        counts = np.maximum(recent.lengths(), 1).astype(np.float32)[:, None]  # float32 all through: no float64 GEMM
         users = users / counts
         norms = np.linalg.norm(users, axis=1, keepdims=True)
         users = np.divide(users, norms, out=np.zeros_like(users), where=norms > 0)
