@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 PRIMARY = "NDCG@10"
 # train.loss auto: the full softmax up to this many items, sampled above. Measured by
-# bench/softmax_crossover.py: the largest catalogue where a full-softmax step costs at most 1.5x a sampled one.
+# bench/softmax_crossover.py: the largest catalogue where a full-softmax step costs at most 2x a sampled one.
 FULL_SOFTMAX_MAX_ITEMS = 5_000
 
 
