@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 # MovieLens-100K for offline runs and tests: the RecBole wheel carries it (downloaded, not installed).
 WHEELS := .cache/bertrec/wheels
 export HF_HUB_OFFLINE ?= 1
@@ -19,6 +20,11 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip download --quiet --disable-pip-version-check recbole==1.2.1 --no-deps -d $(WHEELS)
 	@touch $(STAMP)
 
+# The ray extra (compute.engine: ray): the suite tests the Ray paths on a local cluster; `make run` stays local.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	@touch $(RAY_STAMP)
+
 # The pipeline is dvc.yaml's stages, run by the Prefect flow (local ephemeral Prefect, MLflow on
 # sqlite:///mlflow.db, DVC with the local remote): stages whose inputs did not change are skipped.
 run: $(STAMP)
@@ -26,7 +32,7 @@ run: $(STAMP)
 	$(BIN)/bertrec recommend --user 1 --k 5
 
 # Lint and format checks first (fast), then the suite.
-test: $(STAMP)
+test: $(RAY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -203,6 +203,29 @@ class DriftParams(_Section):
     training_deployment: str = "training-pipeline/weekly"
 
 
+class ComputeParams(_Section):
+    """Where the heavy stages run (bertrec.compute): this process, or a Ray cluster."""
+
+    engine: Literal["local", "ray"] = "local"
+    # auto: the cluster this machine belongs to (`ray start`, or RAY_ADDRESS); host:port of a head
+    # node; ray://host:10001 (Ray Client); local: a private Ray started for this process.
+    address: str = "auto"
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    storage: str | None = (
+        None  # Ray Train checkpoints: a path every node sees, or s3://...; null: <bundle>/checkpoints/ray
+    )
+    max_failures: int = Field(2, ge=0)  # a stage's tasks and training workers are restarted this often after a crash
+
+    @model_validator(mode="after")
+    def _address(self) -> ComputeParams:
+        ok = self.address in ("auto", "local") or re.match(r"^(ray://)?[\w.\-]+:\d+$", self.address)
+        if not ok:
+            raise ValueError(f"address {self.address!r} is not auto, local, host:port or ray://host:port")
+        return self
+
+
 class Params(_Section):
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
@@ -215,6 +238,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     promotion: PromotionParams = PromotionParams()
     drift: DriftParams = DriftParams()
+    compute: ComputeParams = ComputeParams()
 
     def flat(self) -> dict[str, Any]:
         """The resolved params as ``{"section.key": value}`` (for logging and tracking)."""

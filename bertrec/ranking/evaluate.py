@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bertrec.compute.engine import Engine
 from bertrec.data.split import Split
 from bertrec.io import atomic_file
 from bertrec.progress import Progress
@@ -44,6 +46,11 @@ class Cases:
         take = np.repeat(indptr[keep] - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
         context = Histories(np.r_[0, np.cumsum(lengths)].astype(np.int64), self.context.items[take])
         return Cases(self.target, self.users[keep], context, self.positives[keep], self.candidates)
+
+    def slice(self, start: int, stop: int) -> Cases:
+        """Cases ``start`` to ``stop`` (a contiguous part of the users, for sharded ranking)."""
+        context = self.context.slice(start, stop)
+        return Cases(self.target, self.users[start:stop], context, self.positives[start:stop], self.candidates)
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,21 @@ def chunk_rows(batch_size: int, n_items: int, cells: int = SCORE_CELLS) -> int:
     return max(1, min(batch_size, cells // max(n_items, 1)))
 
 
-def rank_cases(scorer: Scorer, cases: Cases, k: int, batch_size: int) -> np.ndarray:
+def rank_cases(
+    scorer: Scorer, cases: Cases, k: int, batch_size: int, engine: Engine | None = None, shared: Any = None
+) -> np.ndarray:
     """Top-``k`` lists of every case, computed in chunks of users (see :func:`chunk_rows`): (n, k).
 
-    Memory is bounded by the chunk's score matrix, whatever the number of users; progress goes to the log.
+    Memory is bounded by the chunk's score matrix, whatever the number of users; progress goes to the
+    log. With a distributed ``engine``, the users are cut into one contiguous part per worker, each
+    ranked there by the same code, and the lists joined in order: the same lists as here.
+    ``shared`` is ``engine.put(scorer)`` when the caller already stored the scorer.
     """
+    if engine is not None and engine.name != "local":
+        shared = engine.put(scorer) if shared is None else shared
+        work = [(cases.slice(a, b), k, batch_size) for a, b in engine.parts(len(cases.users))]
+        pieces = engine.map(_rank_part, shared, work)
+        return np.concatenate(pieces) if pieces else np.empty((0, k), dtype=np.int64)
     out = np.empty((len(cases.users), k), dtype=np.int64)
     rows = chunk_rows(batch_size, cases.positives.shape[1])
     meter = Progress(f"rank {cases.target}", len(cases.users), "users")
@@ -113,11 +130,26 @@ def rank_cases(scorer: Scorer, cases: Cases, k: int, batch_size: int) -> np.ndar
     return out
 
 
+def _rank_part(scorer: Scorer, work: tuple[Cases, int, int]) -> np.ndarray:
+    """One worker's part of :func:`rank_cases`."""
+    cases, k, batch_size = work
+    return rank_cases(scorer, cases, k, batch_size)
+
+
 def evaluate(
-    scorer: Scorer, cases: Cases, reference: Reference, ks: tuple[int, ...], batch_size: int = 1024
+    scorer: Scorer,
+    cases: Cases,
+    reference: Reference,
+    ks: tuple[int, ...],
+    batch_size: int = 1024,
+    engine: Engine | None = None,
+    shared: Any = None,
 ) -> Evaluation:
-    """Rank every case with ``scorer`` and compute all metrics for each K in ``ks``."""
-    topk = rank_cases(scorer, cases, max(ks), batch_size)
+    """Rank every case with ``scorer`` (on ``engine``: :func:`rank_cases`); all metrics for each K in ``ks``.
+
+    Metrics are computed here, from every user's list: a sharded ranking gives the same figures.
+    """
+    topk = rank_cases(scorer, cases, max(ks), batch_size, engine, shared)
     metrics = compute_metrics(topk, cases.positives, reference, ks, cases.candidates)
     return Evaluation(cases.target, metrics, cases.users, topk)
 
@@ -138,9 +170,11 @@ def evaluate_split(
     ks: tuple[int, ...],
     batch_size: int,
     topk_dir: Path | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Fit each scorer on the split's training data and evaluate it on every target.
 
+    Fitting happens here; ranking on ``engine`` when given (each fitted scorer is stored there once).
     Returns ``{model: {target: {metric: value}}}``; top-K lists go to
     ``topk_dir/<split>/<model>.<target>.parquet`` when ``topk_dir`` is given.
     """
@@ -150,9 +184,10 @@ def evaluate_split(
     results: dict[str, dict[str, dict[str, float]]] = {}
     for scorer in scorers:
         scorer.fit(train)
+        shared = engine.put(scorer) if engine is not None else None
         results[scorer.name] = {}
         for cases in all_cases:
-            evaluation = evaluate(scorer, cases, reference, ks, batch_size)
+            evaluation = evaluate(scorer, cases, reference, ks, batch_size, engine, shared)
             results[scorer.name][cases.target] = evaluation.metrics
             if topk_dir is not None:
                 save_topk(evaluation, items, Path(topk_dir) / split.name / f"{scorer.name}.{cases.target}.parquet")

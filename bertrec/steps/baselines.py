@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.data.dataset import MANIFEST_FILE, load_dataset
 from bertrec.data.split import check_split_names, read_split
@@ -43,11 +44,13 @@ def run(p: Params, names: list[str] | None = None) -> Evaluated:
     dataset = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())["dataset"]
     report = baselines_report(p, dataset)
     scorers = make_baselines(p)
+    engine = engine_for(p.compute)
+    announce("baselines", engine, "ranking")
     shown: dict[str, tuple[str, ...]] = {}
     for name in names:
         split = read_split(p.paths.splits, name, data.n_users, data.n_items)
         topk = p.paths.outputs / BASELINES_TOPK
-        report["splits"][name] = evaluate_split(scorers, split, data.items, p.eval.ks, p.eval.batch_size, topk)
+        report["splits"][name] = evaluate_split(scorers, split, data.items, p.eval.ks, p.eval.batch_size, topk, engine)
         shown[name] = tuple(t for t in targets(split) if t != "valid")
     path = p.paths.metrics / BASELINES_FILE
     write_json(path, report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.data.dataset import load_dataset
 from bertrec.data.split import read_split
@@ -40,12 +41,15 @@ def run(p: Params) -> Evaluated:
     trained_on = read_training(p.paths.bundle)["split"]
     split = read_split(p.paths.splits, trained_on, data.n_users, data.n_items)
     topk = p.paths.outputs / EVALUATE_TOPK
-    results = evaluate_split([scorer], split, data.items, p.eval.ks, p.eval.batch_size, topk)
+    engine = engine_for(p.compute)
+    announce("evaluate", engine, "ranking")
+    results = evaluate_split([scorer], split, data.items, p.eval.ks, p.eval.batch_size, topk, engine)
     saved = current_baselines(p).get(trained_on, {})
     if set(saved) >= set(p.baselines.models):
         results |= {name: saved[name] for name in p.baselines.models}
     else:
-        results |= evaluate_split(make_baselines(p), split, data.items, p.eval.ks, p.eval.batch_size, topk)
+        baselines = make_baselines(p)
+        results |= evaluate_split(baselines, split, data.items, p.eval.ks, p.eval.batch_size, topk, engine)
     path = p.paths.metrics / EVALUATE_FILE
     write_json(path, {"split": trained_on, "results": results})
     return Evaluated(path, trained_on, results, targets(split), min(p.eval.ks))

@@ -72,3 +72,14 @@ def test_malformed_override():
 def test_flat_view_for_tracking():
     flat = Params().flat()
     assert flat["split.seed"] == 2026 and flat["data.columns.user"] == "user_id"
+
+
+def test_compute_defaults_to_local_and_checks_the_ray_address(tmp_path):
+    params = load_params(tmp_path / "absent.yaml")
+    assert params.compute.engine == "local" and params.compute.address == "auto"
+    for address in ("auto", "local", "10.0.0.5:6379", "ray://head.bertrec.svc:10001"):
+        assert load_params(tmp_path / "absent.yaml", [f"compute.address={address}"]).compute.address == address
+    with pytest.raises(ConfigError, match=r"address 'http://head' is not auto, local, host:port or ray://host:port"):
+        load_params(tmp_path / "absent.yaml", ["compute.address=http://head"])
+    with pytest.raises(ConfigError, match=r"compute.workers: Input should be greater than or equal to 1"):
+        load_params(tmp_path / "absent.yaml", ["compute.workers=0"])
