@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertrec.compute.engine import Engine
 from bertrec.model.scorer import TowerScorer
 from bertrec.model.vectors import EmbedStats
 from bertrec.progress import EVERY_S, Progress
@@ -78,18 +79,57 @@ def tower_items(
     return out
 
 
-def embed_catalogue(
-    scorer: TowerScorer, items: pd.DataFrame, batch_size: int = 256, out: np.ndarray | None = None
-) -> tuple[np.ndarray, EmbedStats]:
-    """Vectors of the whole catalogue (written into ``out`` when given, e.g. a float16 memmap), with the throughput."""
-    began = time.perf_counter()
+def reads_features(scorer: TowerScorer, n_items: int) -> bool:
+    """Whether the catalogue of ``n_items`` is embedded from the model's frozen features (no encoder pass)."""
     features = scorer.text_features
-    if features is not None and features.table is not None and len(features.table) == len(items):
-        vectors = tower_items(scorer, items["item_idx"].to_numpy(), out=out)
+    return features is not None and features.table is not None and len(features.table) == n_items
+
+
+def item_part(
+    scorer: TowerScorer,
+    texts: list[str],
+    items: np.ndarray,
+    batch_size: int,
+    frozen: bool,
+    out: np.ndarray | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Vectors of ``items`` (part of the catalogue, or all of it): by :func:`tower_items` when ``frozen``.
+
+    Otherwise the texts go through the encoder (:func:`encode_items`).
+    """
+    if frozen:
+        return tower_items(scorer, items, out=out)
+    return encode_items(scorer, texts, items, batch_size, progress, out)
+
+
+def embed_catalogue(
+    scorer: TowerScorer,
+    items: pd.DataFrame,
+    batch_size: int = 256,
+    out: np.ndarray | None = None,
+    engine: Engine | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Vectors of the whole catalogue (written into ``out`` when given, e.g. a float16 memmap), with the throughput.
+
+    With a Ray ``engine`` the catalogue goes through Ray Data (:mod:`bertrec.compute.embed`); the
+    vectors are those of this process, part by part.
+    """
+    began = time.perf_counter()
+    frozen = reads_features(scorer, len(items))
+    if engine is not None and engine.name == "ray":
+        from bertrec.compute.embed import embed_on_ray
+
+        if out is None:
+            out = np.empty((len(items), scorer.model.config.dim), dtype=np.float32)
+        vectors, device = embed_on_ray(scorer, items, batch_size, frozen, out, engine), engine.where()
     else:
-        vectors = encode_items(scorer, items["text"].tolist(), items["item_idx"].to_numpy(), batch_size, out=out)
+        vectors, device = (
+            item_part(scorer, items["text"].tolist(), items["item_idx"].to_numpy(), batch_size, frozen, out),
+            str(scorer.device),
+        )
     seconds = time.perf_counter() - began
-    stats = EmbedStats(len(items), vectors.shape[1], seconds, len(items) / max(seconds, 1e-9), str(scorer.device))
+    stats = EmbedStats(len(items), vectors.shape[1], seconds, len(items) / max(seconds, 1e-9), device)
     return vectors, stats
 
 

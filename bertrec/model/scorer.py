@@ -59,6 +59,17 @@ class TowerScorer(Scorer):
     def fit(self, train) -> TowerScorer:  # trained by bertrec.model.train.train, not here
         return self
 
+    def to(self, device: torch.device | str) -> TowerScorer:
+        """This scorer moved to ``device`` (e.g. on a Ray GPU worker that received it from a CPU driver)."""
+        device = torch.device(device)
+        self.model.to(device)
+        if self.text_features is not None:
+            self.text_features.to(device)
+            for encoder in (self.text_features.encoder, self.text_features.float_encoder):
+                encoder.device = device
+        self.device, self._catalogue = device, None
+        return self
+
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """Item-tower vectors of ``items`` (default: the catalogue): (n, dim)."""
         if items is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.data.split import read_split
 from bertrec.model.bundle import load_model, read_training
@@ -28,9 +29,11 @@ class Embedded:
 def run(p: Params) -> Embedded:
     """Write the bundle's ``embeddings/``: float16 unit vectors, the id map, and the user vectors of ``queries.npy``."""
     scorer, items = load_model(p.paths.bundle, p.train.device)
+    engine = engine_for(p.compute)
+    announce("embed", engine, f"the item tower over {len(items)} items")
 
     def fill(out: np.ndarray) -> EmbedStats:  # batch by batch into the float16 file, never all of it in float32
-        return embed_catalogue(scorer, items, p.model.encode_batch_size, out=out)[1]
+        return embed_catalogue(scorer, items, p.model.encode_batch_size, out=out, engine=engine)[1]
 
     folder, stats = stream_embeddings(items, p.paths.bundle, scorer.model.config.dim, fill)
     write_queries(user_queries(p, scorer), p.paths.bundle)
