@@ -21,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bertrec.compute.engine import Engine
 from bertrec.errors import DataError, MissingInputError
 from bertrec.io import atomic_dir, recover_dir
 from bertrec.progress import Progress
@@ -125,13 +126,27 @@ def omp_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def build_index(vectors: np.ndarray, factory: str = "Flat") -> faiss.Index:
-    """An inner-product index over ``vectors`` (n, d), trained (on a sample) when the type needs it."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+def trained_index(vectors: np.ndarray, factory: str) -> faiss.Index:
+    """An empty inner-product index of ``factory``, trained (on :func:`train_sample`) when the type needs it."""
     index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         with omp_threads(TRAIN_THREADS):
             index.train(train_sample(vectors, index))
+    return index
+
+
+def build_index(vectors: np.ndarray, factory: str = "Flat", engine: Engine | None = None) -> faiss.Index:
+    """An inner-product index over ``vectors`` (n, d), trained (on a sample) when the type needs it.
+
+    With a distributed ``engine``, the trained index is filled in parts on its workers and merged
+    (:mod:`bertrec.compute.index`): the same index as one process builds.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = trained_index(vectors, factory)
+    if engine is not None and engine.name != "local":
+        from bertrec.compute.index import fill_in_parts
+
+        return fill_in_parts(index, vectors, engine)
     meter = Progress(f"index: add to {factory}", len(vectors), logger=log)
     for start in range(0, len(vectors), ADD_CHUNK):
         index.add(vectors[start : start + ADD_CHUNK])
@@ -229,8 +244,11 @@ def write_index(
     factory: str = "auto",
     sample: int = 1000,
     queries: np.ndarray | None = None,
+    engine: Engine | None = None,
 ) -> IndexInfo:
     """Build, tune, measure and write ``index.faiss`` and ``index.json`` into ``folder`` atomically.
+
+    ``engine``: where the index is filled (:func:`build_index`).
 
     ``queries`` (n, d) are the user vectors recall is measured on (the first ``sample`` of them);
     without them (None or empty), ``sample`` item vectors are. When ``auto``'s choice cannot reach
@@ -249,11 +267,11 @@ def write_index(
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     truth = exact_top(vectors, queries, K)
     chosen = choose_factory(factory, len(vectors), vectors.shape[1])
-    index = build_index(vectors, chosen)
+    index = build_index(vectors, chosen, engine)
     search, recall = tune_search(index, queries, truth)
     if recall < RECALL_TARGET and factory == "auto" and chosen != "Flat":
         log.warning("index: %s reaches recall@%d %.4f < %.2f; using Flat", chosen, K, recall, RECALL_TARGET)
-        chosen, index = "Flat", build_index(vectors, "Flat")
+        chosen, index = "Flat", build_index(vectors, "Flat", engine)
         search, recall = tune_search(index, queries, truth)
     elif recall < RECALL_TARGET:
         log.warning("index: %s reaches recall@%d %.4f only (target %.2f)", chosen, K, recall, RECALL_TARGET)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.model.index import IndexInfo, write_index
 from bertrec.model.layout import INDEX
@@ -30,4 +31,7 @@ def run(p: Params) -> Indexed:
     vectors, _ = read_embeddings(p.paths.bundle)
     queries = read_queries(p.paths.bundle)
     folder = p.paths.bundle / INDEX
-    return Indexed(folder, write_index(vectors, folder, p.index.factory, p.index.recall_sample, queries))
+    engine = engine_for(p.compute)
+    announce("index", engine, f"adding {len(vectors)} vectors")
+    info = write_index(vectors, folder, p.index.factory, p.index.recall_sample, queries, engine)
+    return Indexed(folder, info)
