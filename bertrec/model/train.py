@@ -33,7 +33,8 @@ from bertrec.io import atomic_file
 from bertrec.model.losses import full_softmax_loss, sampled_softmax_loss
 from bertrec.model.scorer import TowerScorer, build_towers
 from bertrec.progress import Progress
-from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, train_set
+from bertrec.ranking.evaluate import build_cases, rank_cases, reference_of, train_set
+from bertrec.ranking.metrics import compute_metrics
 from bertrec.ranking.scoring import Histories
 
 log = logging.getLogger(__name__)
@@ -183,30 +184,123 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """The data-parallel group a training process belongs to: rank ``rank`` of ``world`` (one process: 0 of 1).
+
+    With ``world > 1`` (Ray Train's workers, :mod:`bertrec.compute.train`), ``torch.distributed`` is
+    initialised; each step's global batch is cut into ``world`` parts, one per rank; the step's loss
+    is weighted so that the averaged gradients are those of the whole batch; validation users are
+    ranked in parts and the lists gathered, so every rank computes the same metrics.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def part(self, rows: np.ndarray) -> np.ndarray:
+        """This rank's part of a global batch (contiguous; may be empty at the end of an epoch)."""
+        return np.array_split(rows, self.world)[self.rank] if self.distributed else rows
+
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``module`` in DistributedDataParallel (gradients averaged over ranks in backward), or as it is."""
+        if not self.distributed:
+            return module
+        ids = [device] if device.type == "cuda" else None
+        # buffers (token ids of a tuned encoder, the known-item mask) are equal on every rank: never re-sent
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+    def sum(self, value: float, device: torch.device) -> float:
+        """``value`` summed over ranks."""
+        if not self.distributed:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)
+        return float(total.item())
+
+    def rank_cases(self, scorer: TowerScorer, cases, k: int, batch_size: int) -> np.ndarray:
+        """Top-``k`` of every case: each rank ranks its part of the users, and the parts are gathered in order."""
+        if not self.distributed:
+            return rank_cases(scorer, cases, k, batch_size)
+        bounds = [round(i * len(cases.users) / self.world) for i in range(self.world + 1)]
+        mine = rank_cases(scorer, cases.slice(bounds[self.rank], bounds[self.rank + 1]), k, batch_size)
+        gathered: list = [None] * self.world
+        torch.distributed.all_gather_object(gathered, mine)
+        return np.concatenate(gathered)
+
+
+class StepLoss(torch.nn.Module):
+    """One step's loss on a batch of training rows, as a module call (so that DistributedDataParallel can wrap it).
+
+    Its submodules are the towers and the text features: every trained weight. ``scale`` multiplies
+    the loss (a rank's share of the global batch's targets, times the ranks).
+    """
+
+    def __init__(self, scorer: TowerScorer, kind: str, data, prior, log_pop, known_items, tp) -> None:
+        super().__init__()
+        self.towers = scorer.model
+        self.features = scorer.text_features
+        self.scorer, self.kind, self.data = scorer, kind, data
+        self.prior, self.log_pop, self.known_items, self.tp = prior, log_pop, known_items, tp
+
+    def targets(self, rows: np.ndarray) -> int:
+        """How many next-item targets ``rows`` hold (the loss is their mean)."""
+        if self.kind == "text":
+            return len(rows)
+        return int((self.data.batch(rows)[1] >= 0).sum())
+
+    def forward(self, rows: np.ndarray, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+        scorer, model, device, tp = self.scorer, self.towers, self.scorer.device, self.tp
+        temperature = model.config.temperature
+        if self.kind == "text":
+            users = model.users(self.data.features[rows]).unsqueeze(1)  # (B, 1, d)
+            targets = self.data.targets[rows].unsqueeze(1)
+            loss = full_softmax_loss(users, scorer.item_vectors(), targets, temperature, self.prior)
+        elif self.kind == "full":
+            inputs, targets = (torch.from_numpy(a).to(device) for a in self.data.batch(rows))
+            vectors = scorer.item_vectors()
+            users = model.user_vectors(scorer.history_vectors(inputs, vectors), inputs < 0)
+            loss = full_softmax_loss(users, vectors, targets, temperature, self.prior)
+        else:
+            inputs, targets = (torch.from_numpy(a).to(device) for a in self.data.batch(rows))
+            loss = _sampled_batch(
+                scorer, inputs, targets, self.log_pop, self.known_items, tp.negatives, tp.logq, generator
+            )
+        return loss * scale
+
+
 def train(
     params: Params,
     split: Split,
     items: pd.DataFrame,
     work_dir: Path,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
+    replicas: Replicas | None = None,
+    scorer: TowerScorer | None = None,
 ) -> TrainResult:
     """Train on ``split.train``, early-stopping on ``split.valid``; checkpoints go to ``work_dir``.
 
     Resumes from the newest checkpoint in ``work_dir`` when one exists. ``on_epoch_end`` is called
     after each epoch's checkpoint is written (tracking hooks in; an exception stops training).
+    ``replicas``: this process's place in a data-parallel run (only rank 0 writes checkpoints);
+    ``scorer``: the fresh model to train (default: built here from params, seeded by ``train.seed``).
     """
     tp = params.train
+    replicas = replicas or Replicas()
     torch.manual_seed(tp.seed)
-    scorer = build_towers(params, split, items)
+    scorer = scorer if scorer is not None else build_towers(params, split, items)
     model, device = scorer.model, scorer.device
     train = train_set(split, items)
     text_users = params.model.user_encoder == "text"
     if text_users:
-        samples = make_text_samples(scorer, train.histories(), tp.text_user_positions)
-        n_samples = len(samples.targets)
+        data = make_text_samples(scorer, train.histories(), tp.text_user_positions)
+        n_samples = len(data.targets)
     else:
-        windows = make_windows(train.histories(), params.model.max_history)
-        n_samples = len(windows)
+        data = make_windows(train.histories(), params.model.max_history)
+        n_samples = len(data)
     popularity = torch.tensor(train.popularity(), dtype=torch.float32) + 1.0
     log_pop = torch.log(popularity / popularity.sum()).to(device)
     # Items with no training interaction did not exist at training time (cold_items' new items):
@@ -217,13 +311,16 @@ def train(
     reference = reference_of(train)
     valid_cases = build_cases(split, "valid").sample(tp.valid_users, tp.seed)
     loss_kind = choose_loss(tp.loss, split.n_items)
+    step_loss = StepLoss(scorer, "text" if text_users else loss_kind, data, prior, log_pop, known_items, tp)
+    stepper = replicas.wrap(step_loss, device)
     log.info(
-        "training on %d %s, %s softmax over %d items; early stopping on %d validation users",
+        "training on %d %s, %s softmax over %d items; early stopping on %d validation users%s",
         n_samples,
         "samples" if text_users else "windows",
         loss_kind,
         split.n_items,
         len(valid_cases.users),
+        f"; rank {replicas.rank} of {replicas.world}" if replicas.distributed else "",
     )
 
     tower_params = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -257,42 +354,45 @@ def train(
         log.info("resumed from %s (epoch %d)", resume, state["epoch"])
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    lead = replicas.rank == 0
     for epoch in range(start_epoch, tp.epochs + 1):
         if stale >= tp.patience:
             break
         began = time.perf_counter()
-        torch.manual_seed(tp.seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(tp.seed * 100_003 + epoch)
-        order = np.random.default_rng([tp.seed, epoch]).permutation(n_samples)
+        seed = tp.seed * 100_003 + epoch + replicas.rank * 7_919  # dropout and negatives differ by rank
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        order = np.random.default_rng([tp.seed, epoch]).permutation(n_samples)  # the same on every rank
         model.train()
         losses = []
-        meter = Progress(f"epoch {epoch}", n_samples, "windows" if not text_users else "samples", every=30.0)
+        meter = (
+            Progress(f"epoch {epoch}", n_samples, "samples" if text_users else "windows", every=30.0) if lead else None
+        )
         for start in range(0, len(order), tp.batch_size):
             batch = order[start : start + tp.batch_size]
+            rows = replicas.part(batch)
+            scale = 1.0
+            if replicas.distributed:  # the mean over the global batch's targets, once gradients are averaged
+                mine = step_loss.targets(rows) if len(rows) else 0
+                scale = mine * replicas.world / max(replicas.sum(mine, device), 1.0)
+                if not len(rows):  # a short last batch: this rank still joins the step, with weight 0
+                    rows = batch[:1]
             with autocast:
-                if text_users:
-                    users = model.users(samples.features[batch]).unsqueeze(1)  # (B, 1, d)
-                    targets = samples.targets[batch].unsqueeze(1)
-                    loss = full_softmax_loss(users, scorer.item_vectors(), targets, model.config.temperature, prior)
-                elif loss_kind == "full":
-                    inputs, targets = (torch.from_numpy(a).to(device) for a in windows.batch(batch))
-                    vectors = scorer.item_vectors()
-                    users = model.user_vectors(scorer.history_vectors(inputs, vectors), inputs < 0)
-                    loss = full_softmax_loss(users, vectors, targets, model.config.temperature, prior)
-                else:
-                    inputs, targets = (torch.from_numpy(a).to(device) for a in windows.batch(batch))
-                    loss = _sampled_batch(
-                        scorer, inputs, targets, log_pop, known_items, tp.negatives, tp.logq, generator
-                    )
+                loss = stepper(rows, generator, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tower_params + encoder_params, tp.grad_clip)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
-            meter.advance(len(batch))
-        valid = evaluate(scorer, valid_cases, reference, (10, 20), params.eval.batch_size).metrics
-        entry = EpochLog(epoch, float(np.mean(losses)), valid, time.perf_counter() - began)
+            losses.append(float(loss.detach()) / replicas.world)
+            if meter is not None:
+                meter.advance(len(batch))
+        if meter is not None:
+            meter.finish()
+        topk = replicas.rank_cases(scorer, valid_cases, 20, params.eval.batch_size)
+        valid = compute_metrics(topk, valid_cases.positives, reference, (10, 20), valid_cases.candidates)
+        epoch_loss = replicas.sum(float(np.sum(losses)), device) / max(len(losses), 1)  # the global batches' mean loss
+        entry = EpochLog(epoch, epoch_loss, valid, time.perf_counter() - began)
         result.epochs.append(entry)
         if valid[PRIMARY] > result.best_valid.get(PRIMARY, -1.0):
             result.best_epoch, result.best_valid, stale = epoch, valid, 0
@@ -300,7 +400,8 @@ def train(
         else:
             stale += 1
         log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f (%.1fs)", epoch, entry.loss, valid[PRIMARY], entry.seconds)
-        _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale, fingerprint)
+        if lead:
+            _save_checkpoint(work_dir, epoch, scorer, optimizer, scheduler, result, best_state, stale, fingerprint)
         if on_epoch_end is not None:
             on_epoch_end(entry)
     if best_state is not None:

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.data.dataset import load_dataset
 from bertrec.data.split import read_split
@@ -36,7 +37,15 @@ def run(p: Params) -> Trained:
     data = load_dataset(p.paths.prepared)
     split = read_split(p.paths.splits, p.train.split, data.n_users, data.n_items)
     work = p.paths.bundle / CHECKPOINTS
-    result = fit(p, split, data.items, work)
+    engine = engine_for(p.compute)
+    if engine.name == "ray":
+        from bertrec.compute.train import train_on_ray
+
+        announce("train", engine, "data-parallel training (Ray Train, DDP)")
+        result = train_on_ray(p, split, data.items, work, engine)
+    else:
+        announce("train", engine, "training")
+        result = fit(p, split, data.items, work)
     record = training_record(result, p, split.name)
     folder = save_model(result.scorer, data.items, p.paths.bundle, record, data.interactions)
     write_training_metrics(record, p.paths.metrics)
