@@ -181,3 +181,43 @@ def prefect_server(root: Path, database: str | None = None) -> Iterator[str]:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database.replace("postgresql://", "postgresql+asyncpg://", 1)
     with serving(command, f"{api}/health", root / "prefect-server.log", env):
         yield api
+
+
+@contextmanager
+def ray_cluster(root: Path, cpus: int = 2) -> Iterator[str]:
+    """A real local Ray cluster (`ray start --head`, ``cpus`` CPUs); yields its address on loopback.
+
+    Its session files stay under ``root`` (``--temp-dir``); `ray stop` ends it, and the driver
+    connection of this process, if any, is shut down first. Token authentication is off for it and
+    for this process (``RAY_AUTH_MODE=disabled``): with Ray 2.60 here, a driver joining a `ray start`
+    head was refused (InvalidAuthToken) although both read the same ~/.ray/auth_token.
+    """
+    port = free_port()
+    before = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--num-cpus={cpus}",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={root}",
+    ]
+    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        raise RuntimeError(f"ray start failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        ray.shutdown()
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        if before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = before

@@ -1,0 +1,274 @@
+"""compute.engine=ray against the local path, on a real local Ray cluster (`ray start --head`, 2 CPUs).
+
+Each distributed stage must give the local result: the same ranked lists and metrics, the same
+vectors, the same index; data-parallel training must follow the one-process run; a worker killed
+mid-stage costs a retry, not a different result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertrec.compute.engine import LocalEngine, RayEngine, engine_for, parts
+from bertrec.data.split import split_loo
+from bertrec.model.embed import embed_catalogue
+from bertrec.model.index import read_index, write_index
+from bertrec.model.scorer import build_towers
+from bertrec.model.train import train
+from bertrec.ranking.baselines import ItemKNN, Popular
+from bertrec.ranking.evaluate import evaluate_split
+from bertrec.ranking.scoring import Scorer
+
+from builders import cyclic_dataset, tiny_model
+
+pytestmark = pytest.mark.integration
+
+# The DDP runs: a cyclic log large enough for ~2k windows an epoch, full softmax, no dropout.
+DDP_DATA = {"n_users": 300, "n_items": 80, "length": 30}
+DDP_EPOCHS = 6
+
+
+def ray_params(make_params, address: str, *extra: str):
+    return make_params("compute.engine=ray", f"compute.address={address}", "compute.workers=2", *extra)
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, tiny_encoder, ray_address):
+    """The same training run in one process (batch 32) and on 2 Ray Train workers (16 each)."""
+    from bertrec.compute.train import train_on_ray
+    from bertrec.config import load_params
+
+    from conftest import paths_under
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = cyclic_dataset(**DDP_DATA)
+    split = split_loo(data)
+    sets = [
+        *paths_under(root),
+        *tiny_model(tiny_encoder),
+        "train.batch_size=32",
+        f"train.epochs={DDP_EPOCHS}",
+        "train.patience=50",
+        "train.loss=full",
+        "compute.engine=ray",
+        f"compute.address={ray_address}",
+        "compute.workers=2",
+    ]
+    params = load_params(root / "absent.yaml", sets)
+    local = train(params, split, data.items, root / "local")
+    distributed = train_on_ray(params, split, data.items, root / "ray", RayEngine(params.compute))
+    return params, split, data, local, distributed
+
+
+def test_parts_cover_the_range_in_order():
+    assert parts(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert parts(2, 4) == [(0, 1), (1, 2)]
+    assert [b - a for a, b in parts(1001, 2)] == [500, 501]
+
+
+def test_an_unreachable_cluster_is_a_clear_error(make_params):
+    import ray
+
+    from bertrec.errors import ConfigError
+
+    ray.shutdown()  # a fresh connection attempt
+    params = make_params("compute.engine=ray", "compute.address=127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"compute.address=127.0.0.1:1: no Ray cluster answers"):
+        engine_for(params.compute)
+
+
+def test_sharded_ranking_gives_the_local_metrics_and_lists(make_params, tiny_encoder, ray_address, tmp_path):
+    # Given baselines and an untrained tiny two-tower model on the cyclic log
+    data = cyclic_dataset(n_users=120)
+    split = split_loo(data)
+    params = ray_params(make_params, ray_address, *tiny_model(tiny_encoder))
+    tower = build_towers(params, split, data.items)
+    scorers = [Popular(), ItemKNN(neighbours=20), tower]
+    # When they are evaluated in this process and with users sharded over 2 Ray workers
+    local = evaluate_split(scorers, split, data.items, (10, 20), 32, tmp_path / "local", LocalEngine())
+    engine = engine_for(params.compute)
+    sharded = evaluate_split(scorers, split, data.items, (10, 20), 32, tmp_path / "ray", engine)
+    # Then every metric of every model and target is exactly equal, and so is every list
+    assert sharded == local
+    for name in ("popular", "itemknn", "bertrec"):
+        for target in ("valid", "test"):
+            a = (tmp_path / "local" / "loo" / f"{name}.{target}.parquet").read_bytes()
+            assert a == (tmp_path / "ray" / "loo" / f"{name}.{target}.parquet").read_bytes()
+    port = ray_address.rpartition(":")[2]  # Ray names the head by the node's IP, not the loopback one we gave
+    assert re.fullmatch(rf"Ray at [\d.]+:{port}, 2 workers x 1 CPU", engine.where())
+
+
+def test_embedding_on_ray_data_gives_the_local_vectors(make_params, tiny_encoder, ray_address):
+    # Given a tiny model whose items are read through the encoder (not frozen: the path Ray Data is for;
+    # the frozen features' path runs in test_dvc_repro_on_ray_changes_no_output)
+    data = cyclic_dataset(n_items=300)
+    split = split_loo(data)
+    params = ray_params(make_params, ray_address, *tiny_model(tiny_encoder), "train.freeze_layers=0")
+    scorer = build_towers(params, split, data.items)
+    # When the catalogue is embedded here and by 2 Ray Data actors
+    local, _ = embed_catalogue(scorer, data.items, batch_size=64)
+    sharded, stats = embed_catalogue(scorer, data.items, batch_size=64, engine=engine_for(params.compute))
+    # Then the vectors are the same (float32), row for row
+    assert sharded.shape == local.shape == (300, 16)
+    assert float(np.abs(sharded - local).max()) <= 1e-5
+    assert stats.device.startswith("Ray at ")
+
+
+def test_dvc_repro_on_ray_changes_no_output(project_copy, ray_address):
+    from bertrec.config import apply_overrides
+    from bertrec.model.index import INFO_FILE
+    from bertrec.model.layout import EMBEDDINGS, INDEX
+    from bertrec.model.vectors import VECTORS
+
+    from builders import dvc
+
+    # Given a built project (trained, embedded, indexed and evaluated in one process)
+    root = project_copy()
+    bundle = root / "outputs" / "bundle"
+    vectors = np.load(bundle / EMBEDDINGS / VECTORS)
+    index_info = json.loads((bundle / INDEX / INFO_FILE).read_text())
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    # When its params switch to the Ray cluster, nothing is out of date: the engine is no stage's param
+    apply_overrides(root / "params.yaml", ["compute.engine=ray", f"compute.address={ray_address}"])
+    assert "up to date" in dvc(root, "status", "embed", "index", "evaluate")
+    # and when dvc repro runs those stages again, each says where it ran and writes what the local run wrote
+    output = dvc(root, "repro", "--force", "--single-item", "embed", "index", "evaluate")
+    for stage, what in (("embed", "the item tower over"), ("index", "adding"), ("evaluate", "ranking")):
+        assert re.search(rf"{stage}: {what}.* on Ray at [\d.]+:\d+, 2 workers x 1 CPU", output), output[-3000:]
+    assert float(np.abs(np.load(bundle / EMBEDDINGS / VECTORS) - vectors).max()) == 0.0
+    assert json.loads((bundle / INDEX / INFO_FILE).read_text()) == index_info
+    assert json.loads((root / "metrics" / "evaluate.json").read_text()) == metrics
+
+
+@pytest.mark.parametrize("factory", ["IVF32,PQ16x4fs,RFlat", "IVF32,Flat", "SQ8", "Flat"])
+def test_an_index_filled_in_parts_is_the_local_index(make_params, ray_address, tmp_path, factory):
+    # Given 6,000 unit vectors and user-like queries
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((6000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:300] + 0.3 * rng.standard_normal((300, 16)).astype(np.float32)
+    engine = engine_for(ray_params(make_params, ray_address).compute)
+    # When the index is built in one process and filled by 2 Ray workers
+    local = write_index(vectors, tmp_path / "local", factory, 300, queries)
+    sharded = write_index(vectors, tmp_path / "ray", factory, 300, queries, engine)
+    # Then recall, search settings and every search result are the same
+    assert sharded == local
+    a, _ = read_index(tmp_path / "local")
+    b, _ = read_index(tmp_path / "ray")
+    assert b.ntotal == 6000
+    assert np.array_equal(a.search(queries, 10)[1], b.search(queries, 10)[1])
+
+
+def test_data_parallel_training_follows_the_one_process_run(ddp_runs):
+    _, _, _, local, distributed = ddp_runs
+    # Then 2 workers with batch 16 each follow 1 process with batch 32: the epochs, the final
+    # validation NDCG@10 within 2 %, and each epoch's loss within 2 % from the second on
+    assert [e.epoch for e in distributed.epochs] == [e.epoch for e in local.epochs] == list(range(1, DDP_EPOCHS + 1))
+    final_local, final_ray = local.epochs[-1].valid["NDCG@10"], distributed.epochs[-1].valid["NDCG@10"]
+    assert abs(final_ray - final_local) <= 0.02 * final_local
+    for a, b in zip(local.epochs[1:], distributed.epochs[1:], strict=True):
+        assert abs(b.loss - a.loss) <= 0.02 * a.loss, (a, b)
+    assert local.best_valid["NDCG@10"] > 0.5  # it learnt the cycle: the comparison is of a real run
+
+
+class DiesOnce(Scorer):
+    """Ranks like its inner scorer; the first process to use it (marked by a file) dies instead."""
+
+    def __init__(self, inner: Scorer, marker: Path) -> None:
+        self.inner, self.marker, self.name = inner, marker, inner.name
+
+    def fit(self, train):
+        self.inner.fit(train)
+        return self
+
+    def score(self, histories):
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.score(histories)
+
+
+def test_a_ranking_worker_killed_mid_stage_is_retried(make_params, ray_address, tmp_path):
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    data = cyclic_dataset(n_users=120)
+    split = split_loo(data)
+    engine = engine_for(ray_params(make_params, ray_address).compute)
+    expected = evaluate_split([ItemKNN(neighbours=20)], split, data.items, (10,), 32)
+    # When a worker dies while ranking its users
+    marker = tmp_path / "died"
+    got = evaluate_split([DiesOnce(ItemKNN(neighbours=20), marker)], split, data.items, (10,), 32, None, engine)
+    # Then its task ran again on a new worker, and the metrics are unchanged
+    assert marker.exists() and int(marker.read_text()) != os.getpid()
+    assert got == expected
+
+
+def training_workers() -> list[int]:
+    """PIDs of the live Ray Train worker processes on this machine (by their process title)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::RayTrainWorker"):
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def recorded_checkpoints(storage: Path) -> list[str]:
+    """The checkpoints Ray Train has recorded for the run under ``storage`` (its checkpoint manager's snapshot)."""
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            return [c["checkpoint_dir_name"] for c in json.loads(snapshot.read_text())["checkpoint_results"]]
+        except (OSError, ValueError, KeyError):
+            return []  # being written
+    return []
+
+
+def test_a_training_worker_killed_mid_run_resumes_from_the_last_checkpoint(ddp_runs, tmp_path, capfd):
+    from bertrec.compute.train import train_on_ray
+
+    params, split, data, _, uninterrupted = ddp_runs
+    storage = tmp_path / "ray"
+    killed: list[int] = []
+    earlier = set(training_workers())  # processes of earlier runs that may still be exiting
+
+    def kill_a_worker_after_a_checkpoint() -> None:
+        # A checkpoint's folder appears before Ray Train has recorded it; its snapshot lists the recorded ones.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not recorded_checkpoints(storage):
+            time.sleep(0.02)
+        workers = [pid for pid in training_workers() if pid not in earlier]
+        if workers:
+            os.kill(workers[-1], signal.SIGKILL)
+            killed.append(workers[-1])
+
+    killer = threading.Thread(target=kill_a_worker_after_a_checkpoint, daemon=True)
+    killer.start()
+    # When a worker is killed once a checkpoint is recorded
+    resumed = train_on_ray(params, split, data.items, tmp_path, RayEngine(params.compute))
+    killer.join(timeout=5)
+    # Then the group restarted from the checkpoint and ended as the uninterrupted run did
+    assert killed, "no training worker was killed: the run ended before its first checkpoint"
+    assert killed[0] not in training_workers()
+    err = capfd.readouterr().err
+    resumes = re.findall(r"resumed from \S+ \(epoch (\d+)\)", err)  # the workers' logs
+    assert resumes and all(1 <= int(e) < DDP_EPOCHS for e in resumes), (killed, err[-3000:])
+    assert [e.epoch for e in resumed.epochs] == list(range(1, DDP_EPOCHS + 1))
+    assert resumed.best_valid == pytest.approx(uninterrupted.best_valid)
+    a, b = uninterrupted.scorer.state_dict(), resumed.scorer.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
