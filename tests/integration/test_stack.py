@@ -52,6 +52,7 @@ def test_stack_up_serves_deploys_and_down_stops(tmp_path, tiny_encoder):
         deployments, pools = read_server(api, tmp_path)
         assert {
             "training-pipeline/weekly",
+            "training-pipeline/ray",
             "drift-monitor/daily",
             "train-stage/gpu",
             "promote/manual",

@@ -91,7 +91,7 @@ def test_gpu_job_template_requests_one_gpu():
 def test_prefect_yaml_deploys_every_flow_with_schedule_pools_and_limit():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"weekly", "daily", "gpu", "manual", "rollback"}
+    assert set(deployments) == {"weekly", "ray", "daily", "gpu", "manual", "rollback"}
     daily = deployments["daily"]
     assert daily["entrypoint"] == "flows/monitoring.py:drift_monitor" and daily["schedules"][0]["cron"] == "0 6 * * *"
     weekly = deployments["weekly"]
@@ -101,6 +101,35 @@ def test_prefect_yaml_deploys_every_flow_with_schedule_pools_and_limit():
     for d in deployments.values():
         module, function = d["entrypoint"].split(":")
         assert f"def {function}(" in (ROOT / module).read_text()
+
+
+def test_ray_deployment_runs_the_pipeline_on_the_cluster():
+    from flows.overrides import ParamsOverrides, override_sets
+
+    ray = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["ray"]
+    assert ray["entrypoint"] == "flows/training.py:training_pipeline"
+    sets = override_sets(ParamsOverrides.model_validate(ray["parameters"]["overrides"]))
+    assert sets == ["compute.engine=ray", "compute.address=auto"]
+
+
+def test_raycluster_has_a_cpu_head_and_a_gpu_worker_group_on_the_bertrec_image():
+    cluster, claim = yaml.safe_load_all((INFRA / "k8s" / "raycluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    import ray
+
+    assert cluster["spec"]["rayVersion"] == ray.__version__  # the version the ray extra installs
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    head_container = head["template"]["spec"]["containers"][0]
+    assert {"containerPort": 10001, "name": "client"} in head_container["ports"]
+    assert "nvidia.com/gpu" not in head_container["resources"]["requests"]
+    (gpu,) = cluster["spec"]["workerGroupSpecs"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert gpu["rayStartParams"]["num-gpus"] == "1" and worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["image"] == head_container["image"] == "bertrec-cuda:latest"
+    assert "'.[ray]'" in (INFRA / "docker" / "Dockerfile.cuda").read_text()
+    mounts = {m["mountPath"] for c in (head_container, worker) for m in c["volumeMounts"]}
+    assert mounts == {"/mnt/ray-storage"} and claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_dvc_yaml_stages_run_bertrec_steps_in_order():
