@@ -84,7 +84,7 @@ def train_on_ray(params: Params, split: Split, items: pd.DataFrame, work_dir: Pa
 
     c = params.compute
     torch.manual_seed(params.train.seed)
-    scorer = build_towers(params, split, items)  # seeded as a local run: the same initial weights
+    scorer = build_towers(params, split, items, engine)  # seeded as a local run: the same initial weights
     gpu = c.gpus_per_worker > 0
     resources = {"CPU": c.cpus_per_worker} | ({"GPU": c.gpus_per_worker} if gpu else {})
     fingerprint = run_fingerprint(params, split)

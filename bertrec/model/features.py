@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertrec.compute.engine import Engine
 from bertrec.io import atomic_file
 from bertrec.model.encoder import TextEncoder
 
@@ -114,16 +115,17 @@ def catalogue_features(
     batch_size: int,
     cache_dir: Path | None = None,
     key: str | None = None,
+    engine: Engine | None = None,
 ) -> np.ndarray:
     """Features of the catalogue's ``texts``, float16 (n, hidden), with progress in the log.
 
     With ``cache_dir`` and ``key``: read from ``cache_dir/text_features/KEY.npy`` (memory-mapped, read
     only) when there, else encoded straight into that file, which appears atomically when complete.
-    Without: encoded in memory.
+    Without: encoded in memory. With a Ray ``engine``, Ray Data actors encode (bertrec.compute.embed).
     """
     shape = (len(texts), encoder.model.config.hidden_size)
     if cache_dir is None or key is None:
-        return encoder.features(texts, batch_size, progress=True, out=np.empty(shape, dtype=FEATURE_DTYPE))
+        return _encode(encoder, texts, batch_size, np.empty(shape, dtype=FEATURE_DTYPE), engine)
     path = Path(cache_dir) / CACHE_FOLDER / f"{key}.npy"
     if path.exists():
         cached = np.load(path, mmap_mode="r")
@@ -134,10 +136,18 @@ def catalogue_features(
     log.info("encoding %d item texts into %s", len(texts), path)
     with atomic_file(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=FEATURE_DTYPE, shape=shape)
-        encoder.features(texts, batch_size, progress=True, out=out)
+        _encode(encoder, texts, batch_size, out, engine)
         out.flush()
         del out
     return np.load(path, mmap_mode="r")
+
+
+def _encode(encoder: TextEncoder, texts: list[str], batch_size: int, out: np.ndarray, engine: Engine | None):
+    if engine is not None and engine.name == "ray":
+        from bertrec.compute.encode import encode_on_ray
+
+        return encode_on_ray(encoder, texts, batch_size, out, engine)
+    return encoder.features(texts, batch_size, progress=True, out=out)
 
 
 class ItemTextFeatures(nn.Module):
@@ -152,8 +162,11 @@ class ItemTextFeatures(nn.Module):
         cache: np.ndarray | None = None,
         cache_dir: Path | None = None,
         precision: str = "fp32",
+        engine: Engine | None = None,
     ) -> None:
         """``cache``: features already computed for ``texts`` (a saved bundle), used when frozen.
+
+        ``engine``: where a frozen encoder's features are computed when they are not in the cache.
 
         ``cache_dir``: where frozen features are kept between runs (``paths.cache``); None keeps them
         in memory. ``precision``: ``model.encode_precision``, applied only when the encoder is frozen.
@@ -180,7 +193,7 @@ class ItemTextFeatures(nn.Module):
             self.table = cache
         else:
             key = features_key(encoder.fingerprint(), self.precision, texts) if cache_dir is not None else None
-            self.table = catalogue_features(self.encoder, texts, batch_size, cache_dir, key)
+            self.table = catalogue_features(self.encoder, texts, batch_size, cache_dir, key, engine)
 
     def raw_features(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled, un-normalised encoder vectors of ``texts``: float32 (n, text_dim)."""

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertrec.compute.engine import Engine
 from bertrec.config import Params
 from bertrec.data.split import Split
 from bertrec.model.encoder import TextEncoder, pick_device
@@ -136,8 +137,8 @@ class TowerScorer(Scorer):
             self.text_features.encoder.model.load_state_dict(encoder_state)
 
 
-def build_towers(params: Params, split: Split, items: pd.DataFrame) -> TowerScorer:
-    """A fresh model for ``split`` configured by params (encoder loaded, features prepared)."""
+def build_towers(params: Params, split: Split, items: pd.DataFrame, engine: Engine | None = None) -> TowerScorer:
+    """A fresh model for ``split`` configured by params (encoder loaded, features prepared, on ``engine``)."""
     mp, tp = params.model, params.train
     device = pick_device(tp.device)
     needs_text = mp.item_repr != "id" or mp.user_encoder == "text"
@@ -146,7 +147,13 @@ def build_towers(params: Params, split: Split, items: pd.DataFrame) -> TowerScor
         encoder = TextEncoder.load(mp.encoder, mp.max_length, str(device))
         texts, cache = items["text"].tolist(), params.paths.cache
         features = ItemTextFeatures(
-            encoder, texts, tp.freeze_layers, mp.encode_batch_size, cache_dir=cache, precision=mp.encode_precision
+            encoder,
+            texts,
+            tp.freeze_layers,
+            mp.encode_batch_size,
+            cache_dir=cache,
+            precision=mp.encode_precision,
+            engine=engine,
         )
         text_dim = encoder.model.config.hidden_size
     config = TowerConfig(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from bertrec.compute.engine import Engine
 from bertrec.config import Params
 from bertrec.progress import progress
 from bertrec.ranking.scoring import Histories, Scorer, TrainSet, segment_top_k, top_k
@@ -165,15 +166,17 @@ class TextZeroShot(Scorer):
         batch_size: int = 128,
         cache_dir: Path | None = None,
         precision: str = "fp32",
+        engine: Engine | None = None,
     ) -> None:
         """``cache_dir`` and ``precision``: as the trained model's frozen features (bertrec.model.features),
-        so the catalogue is encoded once for this baseline and the model together."""
+        so the catalogue is encoded once for this baseline and the model together; ``engine`` encodes it."""
         self.encoder_name = encoder
         self.history = history
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.precision = precision
+        self.engine = engine
         self._texts_digest: str | None = None
 
     def fit(self, train: TrainSet) -> TextZeroShot:
@@ -187,7 +190,8 @@ class TextZeroShot(Scorer):
             loaded = TextEncoder.load(self.encoder_name, self.max_length)
             encoder, precision = frozen_encoder(loaded, self.precision, texts[:PROBE_TEXTS])
             key = features_key(loaded.fingerprint(), precision, texts) if self.cache_dir is not None else None
-            vectors = np.asarray(catalogue_features(encoder, texts, self.batch_size, self.cache_dir, key), np.float32)
+            features = catalogue_features(encoder, texts, self.batch_size, self.cache_dir, key, self.engine)
+            vectors = np.asarray(features, np.float32)
             self.vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # unit norm
             self._texts_digest = digest
         return self
@@ -202,8 +206,8 @@ class TextZeroShot(Scorer):
         return (users @ self.vectors.T).astype(np.float32)
 
 
-def make_baselines(params: Params) -> list[Scorer]:
-    """The baselines named in ``params.baselines.models``, configured from params."""
+def make_baselines(params: Params, engine: Engine | None = None) -> list[Scorer]:
+    """The baselines named in ``params.baselines.models``, configured from params (text encoded on ``engine``)."""
     made: list[Scorer] = []
     for name in params.baselines.models:
         if name == "popular":
@@ -219,6 +223,7 @@ def make_baselines(params: Params) -> list[Scorer]:
                     params.model.encode_batch_size,
                     params.paths.cache,
                     params.model.encode_precision,
+                    engine,
                 )
             )
     return made

@@ -43,9 +43,9 @@ def run(p: Params, names: list[str] | None = None) -> Evaluated:
     data = load_dataset(p.paths.prepared)
     dataset = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())["dataset"]
     report = baselines_report(p, dataset)
-    scorers = make_baselines(p)
     engine = engine_for(p.compute)
-    announce("baselines", engine, "ranking")
+    announce("baselines", engine, "text encoding and ranking")
+    scorers = make_baselines(p, engine)
     shown: dict[str, tuple[str, ...]] = {}
     for name in names:
         split = read_split(p.paths.splits, name, data.n_users, data.n_items)

@@ -48,7 +48,7 @@ def run(p: Params) -> Evaluated:
     if set(saved) >= set(p.baselines.models):
         results |= {name: saved[name] for name in p.baselines.models}
     else:
-        baselines = make_baselines(p)
+        baselines = make_baselines(p, engine)
         results |= evaluate_split(baselines, split, data.items, p.eval.ks, p.eval.batch_size, topk, engine)
     path = p.paths.metrics / EVALUATE_FILE
     write_json(path, {"split": trained_on, "results": results})
