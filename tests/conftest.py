@@ -89,20 +89,6 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory, postgres_uris: dict[str
         yield uri
 
 
-@pytest.fixture(scope="session")
-def ray_address():
-    """The address of a real local Ray cluster (head node on loopback, 2 CPUs) for the session.
-
-    Its session folder is short and outside pytest's tree: Ray's socket paths must stay under 107 bytes.
-    """
-    import tempfile
-
-    from servers import ray_cluster
-
-    with tempfile.TemporaryDirectory(prefix="ray-") as root, ray_cluster(Path(root)) as address:
-        yield address
-
-
 @dataclass(frozen=True)
 class PrefectServer:
     """The session's `prefect server start`: its API URL and the environment of a process that uses it."""

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bertrec.compute.engine import LocalEngine, RayEngine, engine_for, parts
 from bertrec.data.split import split_loo
@@ -38,18 +37,45 @@ DDP_DATA = {"n_users": 300, "n_items": 80, "length": 30}
 DDP_EPOCHS = 6
 
 
+@pytest.fixture(scope="module")
+def ray_cluster_root():
+    """A real local Ray cluster (head node, 2 CPUs) for this module, torn down after it: (address, session root).
+
+    Its session folder is short and outside pytest's tree: Ray's socket paths must stay under 107 bytes.
+    """
+    import tempfile
+
+    from servers import ray_cluster
+
+    with tempfile.TemporaryDirectory(prefix="ray-") as root, ray_cluster(Path(root)) as address:
+        yield address, Path(root)
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_cluster_root) -> str:
+    return ray_cluster_root[0]
+
+
+def worker_logs(root: Path) -> str:
+    """Everything the cluster's worker processes wrote to their log files so far."""
+    files = {p.resolve() for p in root.glob("session_2*/logs/**/*worker*") if p.is_file()}  # not session_latest
+    return "".join(p.read_text(errors="replace") for p in sorted(files))
+
+
 def ray_params(make_params, address: str, *extra: str):
     return make_params("compute.engine=ray", f"compute.address={address}", "compute.workers=2", *extra)
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory, tiny_encoder, ray_address):
-    """The same training run in one process (batch 32) and on 2 Ray Train workers (16 each)."""
+def ddp_runs(tmp_path_factory, tiny_encoder, ray_cluster_root):
+    """The same training run in one process (batch 32) and on 2 Ray Train workers (16 each), one of them
+    SIGKILLed once Ray Train has recorded a checkpoint: (params, local result, Ray result, killed pids, logs)."""
     from bertrec.compute.train import train_on_ray
     from bertrec.config import load_params
 
     from conftest import paths_under
 
+    address, cluster_root = ray_cluster_root
     root = tmp_path_factory.mktemp("ddp")
     data = cyclic_dataset(**DDP_DATA)
     split = split_loo(data)
@@ -61,13 +87,29 @@ def ddp_runs(tmp_path_factory, tiny_encoder, ray_address):
         "train.patience=50",
         "train.loss=full",
         "compute.engine=ray",
-        f"compute.address={ray_address}",
+        f"compute.address={address}",
         "compute.workers=2",
     ]
     params = load_params(root / "absent.yaml", sets)
     local = train(params, split, data.items, root / "local")
+    storage, killed = root / "ray" / "ray", []
+    earlier = set(training_workers())  # processes of earlier runs that may still be exiting
+
+    def kill_a_worker_after_a_checkpoint() -> None:
+        # A checkpoint's folder appears before Ray Train has recorded it; its snapshot lists the recorded ones.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not recorded_checkpoints(storage):
+            time.sleep(0.02)
+        workers = [pid for pid in training_workers() if pid not in earlier]
+        if workers:
+            os.kill(workers[-1], signal.SIGKILL)
+            killed.append(workers[-1])
+
+    killer = threading.Thread(target=kill_a_worker_after_a_checkpoint, daemon=True)
+    killer.start()
     distributed = train_on_ray(params, split, data.items, root / "ray", RayEngine(params.compute))
-    return params, split, data, local, distributed
+    killer.join(timeout=5)
+    return params, local, distributed, killed, worker_logs(cluster_root)
 
 
 def test_parts_cover_the_range_in_order():
@@ -108,26 +150,33 @@ def test_sharded_ranking_gives_the_local_metrics_and_lists(make_params, tiny_enc
     assert re.fullmatch(rf"Ray at [\d.]+:{port}, 2 workers x 1 CPU", engine.where())
 
 
-def test_embedding_on_ray_data_gives_the_local_vectors(make_params, tiny_encoder, ray_address):
-    # Given a tiny model whose items are read through the encoder (not frozen: the path Ray Data is for;
-    # the frozen features' path runs in test_dvc_repro_on_ray_changes_no_output)
+def test_embedding_on_ray_data_gives_the_local_vectors(make_params, tiny_encoder, ray_address, tmp_path):
+    from bertrec.model.features import catalogue_features
+
+    # Given a tiny model whose items are read through the encoder (not frozen: the path `embed` uses Ray
+    # Data for; the frozen features' path runs in test_dvc_repro_on_ray_changes_no_output)
     data = cyclic_dataset(n_items=300)
     split = split_loo(data)
     params = ray_params(make_params, ray_address, *tiny_model(tiny_encoder), "train.freeze_layers=0")
     scorer = build_towers(params, split, data.items)
+    engine = engine_for(params.compute)
     # When the catalogue is embedded here and by 2 Ray Data actors
     local, _ = embed_catalogue(scorer, data.items, batch_size=64)
-    sharded, stats = embed_catalogue(scorer, data.items, batch_size=64, engine=engine_for(params.compute))
+    sharded, stats = embed_catalogue(scorer, data.items, batch_size=64, engine=engine)
     # Then the vectors are the same (float32), row for row
     assert sharded.shape == local.shape == (300, 16)
     assert float(np.abs(sharded - local).max()) <= 1e-5
     assert stats.device.startswith("Ray at ")
+    # and so are a frozen encoder's features of the catalogue, written into the feature cache by the actors
+    encoder, texts = scorer.text_features.encoder, data.items["text"].tolist()
+    cached = catalogue_features(encoder, texts, 64, tmp_path / "cache", "key", engine)
+    assert (tmp_path / "cache" / "text_features" / "key.npy").exists()
+    assert np.array_equal(cached, catalogue_features(encoder, texts, 64))
 
 
 def test_dvc_repro_on_ray_changes_no_output(project_copy, ray_address):
     from bertrec.config import apply_overrides
-    from bertrec.model.index import INFO_FILE
-    from bertrec.model.layout import EMBEDDINGS, INDEX
+    from bertrec.model.layout import EMBEDDINGS
     from bertrec.model.vectors import VECTORS
 
     from builders import dvc
@@ -136,17 +185,17 @@ def test_dvc_repro_on_ray_changes_no_output(project_copy, ray_address):
     root = project_copy()
     bundle = root / "outputs" / "bundle"
     vectors = np.load(bundle / EMBEDDINGS / VECTORS)
-    index_info = json.loads((bundle / INDEX / INFO_FILE).read_text())
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     # When its params switch to the Ray cluster, nothing is out of date: the engine is no stage's param
     apply_overrides(root / "params.yaml", ["compute.engine=ray", f"compute.address={ray_address}"])
     assert "up to date" in dvc(root, "status", "embed", "index", "evaluate")
-    # and when dvc repro runs those stages again, each says where it ran and writes what the local run wrote
-    output = dvc(root, "repro", "--force", "--single-item", "embed", "index", "evaluate")
-    for stage, what in (("embed", "the item tower over"), ("index", "adding"), ("evaluate", "ranking")):
+    # and when dvc repro runs stages again, each says where it ran and writes what the local run wrote
+    # (index is left out: its code path is test_an_index_filled_in_parts_is_the_local_index's, and each
+    # stage here costs a process that imports torch and joins the cluster)
+    output = dvc(root, "repro", "--force", "--single-item", "embed", "evaluate")
+    for stage, what in (("embed", "the item tower over"), ("evaluate", "ranking")):
         assert re.search(rf"{stage}: {what}.* on Ray at [\d.]+:\d+, 2 workers x 1 CPU", output), output[-3000:]
     assert float(np.abs(np.load(bundle / EMBEDDINGS / VECTORS) - vectors).max()) == 0.0
-    assert json.loads((bundle / INDEX / INFO_FILE).read_text()) == index_info
     assert json.loads((root / "metrics" / "evaluate.json").read_text()) == metrics
 
 
@@ -170,7 +219,7 @@ def test_an_index_filled_in_parts_is_the_local_index(make_params, ray_address, t
 
 
 def test_data_parallel_training_follows_the_one_process_run(ddp_runs):
-    _, _, _, local, distributed = ddp_runs
+    _, local, distributed, _, _ = ddp_runs
     # Then 2 workers with batch 16 each follow 1 process with batch 32: the epochs, the final
     # validation NDCG@10 within 2 %, and each epoch's loss within 2 % from the second on
     assert [e.epoch for e in distributed.epochs] == [e.epoch for e in local.epochs] == list(range(1, DDP_EPOCHS + 1))
@@ -239,36 +288,21 @@ def recorded_checkpoints(storage: Path) -> list[str]:
     return []
 
 
-def test_a_training_worker_killed_mid_run_resumes_from_the_last_checkpoint(ddp_runs, tmp_path, capfd):
-    from bertrec.compute.train import train_on_ray
-
-    params, split, data, _, uninterrupted = ddp_runs
-    storage = tmp_path / "ray"
-    killed: list[int] = []
-    earlier = set(training_workers())  # processes of earlier runs that may still be exiting
-
-    def kill_a_worker_after_a_checkpoint() -> None:
-        # A checkpoint's folder appears before Ray Train has recorded it; its snapshot lists the recorded ones.
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not recorded_checkpoints(storage):
-            time.sleep(0.02)
-        workers = [pid for pid in training_workers() if pid not in earlier]
-        if workers:
-            os.kill(workers[-1], signal.SIGKILL)
-            killed.append(workers[-1])
-
-    killer = threading.Thread(target=kill_a_worker_after_a_checkpoint, daemon=True)
-    killer.start()
-    # When a worker is killed once a checkpoint is recorded
-    resumed = train_on_ray(params, split, data.items, tmp_path, RayEngine(params.compute))
-    killer.join(timeout=5)
-    # Then the group restarted from the checkpoint and ended as the uninterrupted run did
+def test_a_training_worker_killed_mid_run_resumes_from_the_last_checkpoint(ddp_runs):
+    _, local, resumed, killed, logs = ddp_runs
+    # Given the 2-worker run of ddp_runs, one of whose workers was SIGKILLed after a recorded checkpoint
     assert killed, "no training worker was killed: the run ended before its first checkpoint"
     assert killed[0] not in training_workers()
-    err = capfd.readouterr().err
-    resumes = re.findall(r"resumed from \S+ \(epoch (\d+)\)", err)  # the workers' logs
-    assert resumes and all(1 <= int(e) < DDP_EPOCHS for e in resumes), (killed, err[-3000:])
+    # Then Ray Train restarted the group, every rank resumed from that checkpoint (not from scratch) ...
+    resumes = re.findall(r"resumed from \S+ \(epoch (\d+)\)", logs)
+    assert len(resumes) >= 2 and all(1 <= int(e) < DDP_EPOCHS for e in resumes), resumes
+    # ... and the run ended as the one-process run did: every epoch, the same best epoch and top-10
+    # metrics (ranks 11-20, where the learnt cycle leaves near-ties, may swap), weights equal up to the
+    # float rounding that 6 epochs of AdamW accumulate between summing a batch on 1 rank or 2 (8e-4 measured)
     assert [e.epoch for e in resumed.epochs] == list(range(1, DDP_EPOCHS + 1))
-    assert resumed.best_valid == pytest.approx(uninterrupted.best_valid)
-    a, b = uninterrupted.scorer.state_dict(), resumed.scorer.state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert resumed.best_epoch == local.best_epoch
+    for metric in ("NDCG@10", "Hit@10", "MRR@10"):
+        assert resumed.best_valid[metric] == pytest.approx(local.best_valid[metric], abs=1e-6)
+    a, b = local.scorer.state_dict(), resumed.scorer.state_dict()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= 2e-3, worst
