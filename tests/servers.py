@@ -187,8 +187,10 @@ def prefect_server(root: Path, database: str | None = None) -> Iterator[str]:
 def ray_cluster(root: Path, cpus: int = 2) -> Iterator[str]:
     """A real local Ray cluster (`ray start --head`, ``cpus`` CPUs); yields its address on loopback.
 
-    Its session files stay under ``root`` (``--temp-dir``); `ray stop` ends it, and the driver
-    connection of this process, if any, is shut down first. Token authentication is off for it and
+    Its session files stay under ``root`` (``--temp-dir``). The driver connection of this process, if
+    any, is shut down first; then the cluster's processes (those started with ``root``: the GCS, the
+    raylet, whose workers exit with it, and the agents) are killed: `ray stop` takes 8 s to do the
+    same, and would stop every Ray cluster of the machine. Token authentication is off for it and
     for this process (``RAY_AUTH_MODE=disabled``): with Ray 2.60 here, a driver joining a `ray start`
     head was refused (InvalidAuthToken) although both read the same ~/.ray/auth_token.
     """
@@ -216,8 +218,46 @@ def ray_cluster(root: Path, cpus: int = 2) -> Iterator[str]:
         import ray
 
         ray.shutdown()
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_processes_of(root)
         if before is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = before
+
+
+def stop_processes_of(root: Path, timeout: float = 30.0) -> None:
+    """SIGKILL every process whose command line names ``root``, and their descendants; wait until gone.
+
+    Descendants matter: Ray's agents and workers rename themselves (``ray::DashboardAgent``), so only
+    their parent (the raylet) still names ``root``.
+    """
+
+    def table() -> dict[int, tuple[int, str]]:
+        found = {}
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                stat = (proc / "stat").read_text()
+                command = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            found[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), command)
+        return found
+
+    def ours(processes: dict[int, tuple[int, str]]) -> set[int]:
+        picked = {pid for pid, (_, command) in processes.items() if str(root) in command}
+        grew = True
+        while grew:
+            children = {pid for pid, (parent, _) in processes.items() if parent in picked} - picked
+            picked |= children
+            grew = bool(children)
+        return picked - {os.getpid()}
+
+    doomed = ours(table())
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while doomed & set(table()) and time.monotonic() < deadline:
+        time.sleep(0.1)

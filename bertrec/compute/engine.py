@@ -24,8 +24,8 @@ from bertrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Environment a Ray worker needs to behave like this process (offline model loading, caches).
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "BERTREC_CACHE")
+# Environment a Ray worker needs to load models as this process does (offline, from the same HF cache).
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE")
 
 
 def parts(n: int, k: int) -> list[tuple[int, int]]:
