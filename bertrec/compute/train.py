@@ -27,8 +27,9 @@ import torch
 from bertrec.compute.engine import RayEngine
 from bertrec.config import Params
 from bertrec.data.split import Split
+from bertrec.model.replicas import Replicas
 from bertrec.model.scorer import build_towers
-from bertrec.model.train import CHECKPOINTS, EpochLog, Replicas, TrainResult, run_fingerprint
+from bertrec.model.train import CHECKPOINTS, EpochLog, TrainResult, run_fingerprint
 from bertrec.model.train import train as fit
 
 log = logging.getLogger(__name__)

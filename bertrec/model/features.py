@@ -121,7 +121,7 @@ def catalogue_features(
 
     With ``cache_dir`` and ``key``: read from ``cache_dir/text_features/KEY.npy`` (memory-mapped, read
     only) when there, else encoded straight into that file, which appears atomically when complete.
-    Without: encoded in memory. With a Ray ``engine``, Ray Data actors encode (bertrec.compute.embed).
+    Without: encoded in memory. With a Ray ``engine``, Ray Data actors encode (bertrec.compute.encode).
     """
     shape = (len(texts), encoder.model.config.hidden_size)
     if cache_dir is None or key is None:

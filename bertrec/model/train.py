@@ -31,9 +31,10 @@ from bertrec.config import Params
 from bertrec.data.split import Split
 from bertrec.io import atomic_file
 from bertrec.model.losses import full_softmax_loss, sampled_softmax_loss
+from bertrec.model.replicas import Replicas
 from bertrec.model.scorer import TowerScorer, build_towers
 from bertrec.progress import Progress
-from bertrec.ranking.evaluate import build_cases, rank_cases, reference_of, train_set
+from bertrec.ranking.evaluate import build_cases, reference_of, train_set
 from bertrec.ranking.metrics import compute_metrics
 from bertrec.ranking.scoring import Histories
 
@@ -182,54 +183,6 @@ def _checkpoint_path(folder: Path, epoch: int) -> Path:
 def latest_checkpoint(folder: Path) -> Path | None:
     found = sorted((Path(folder) / CHECKPOINTS).glob("epoch-*.pt"))
     return found[-1] if found else None
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """The data-parallel group a training process belongs to: rank ``rank`` of ``world`` (one process: 0 of 1).
-
-    With ``world > 1`` (Ray Train's workers, :mod:`bertrec.compute.train`), ``torch.distributed`` is
-    initialised; each step's global batch is cut into ``world`` parts, one per rank; the step's loss
-    is weighted so that the averaged gradients are those of the whole batch; validation users are
-    ranked in parts and the lists gathered, so every rank computes the same metrics.
-    """
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def part(self, rows: np.ndarray) -> np.ndarray:
-        """This rank's part of a global batch (contiguous; may be empty at the end of an epoch)."""
-        return np.array_split(rows, self.world)[self.rank] if self.distributed else rows
-
-    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """``module`` in DistributedDataParallel (gradients averaged over ranks in backward), or as it is."""
-        if not self.distributed:
-            return module
-        ids = [device] if device.type == "cuda" else None
-        # buffers (token ids of a tuned encoder, the known-item mask) are equal on every rank: never re-sent
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
-
-    def sum(self, value: float, device: torch.device) -> float:
-        """``value`` summed over ranks."""
-        if not self.distributed:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)
-        return float(total.item())
-
-    def rank_cases(self, scorer: TowerScorer, cases, k: int, batch_size: int) -> np.ndarray:
-        """Top-``k`` of every case: each rank ranks its part of the users, and the parts are gathered in order."""
-        if not self.distributed:
-            return rank_cases(scorer, cases, k, batch_size)
-        bounds = [round(i * len(cases.users) / self.world) for i in range(self.world + 1)]
-        mine = rank_cases(scorer, cases.slice(bounds[self.rank], bounds[self.rank + 1]), k, batch_size)
-        gathered: list = [None] * self.world
-        torch.distributed.all_gather_object(gathered, mine)
-        return np.concatenate(gathered)
 
 
 class StepLoss(torch.nn.Module):
