@@ -9,6 +9,8 @@ synthetic log (`bertrec synth`, prepared and split by the stage code into a scra
 - **embed**: the catalogue read through the encoder (``train.freeze_layers=0``, the path Ray Data
   is for) here and by 1 and 2 Ray Data actors: the largest difference of any vector component
   (float32), items/s of each;
+- **features**: the frozen encoder's features of the same texts (the cache `train` and
+  `text-zero-shot` read), here and by 1 and 2 actors: largest difference, items/s;
 - **train**: the same run in one process (batch B) and on 2 Ray Train workers (B/2 each; full
   softmax, no dropout): relative difference of the final validation NDCG@10, largest relative
   difference of an epoch's loss from the second epoch on;
@@ -150,6 +152,27 @@ def bench_train(params, data, split, work: Path) -> dict:
     }
 
 
+def bench_features(params, data, n_items: int) -> dict:
+    """A frozen encoder's features of ``n_items`` texts (the feature cache `train` and `text-zero-shot` fill)."""
+    from bertrec.compute.engine import RayEngine
+    from bertrec.model.encoder import TextEncoder
+    from bertrec.model.features import catalogue_features
+
+    encoder = TextEncoder.load(params.model.encoder, params.model.max_length, "cpu")
+    texts, batch = data.items["text"].tolist()[:n_items], params.model.encode_batch_size
+    local, seconds = timed(lambda: catalogue_features(encoder, texts, batch))
+    out = {"features_items_per_s_local": round(len(texts) / seconds, 1)}
+    diffs = []
+    for w in (1, 2):
+        engine = RayEngine(with_compute(params, w).compute)
+        features, seconds = timed(lambda e=engine: catalogue_features(encoder, texts, batch, engine=e))
+        out[f"features_items_per_s_ray_{w}"] = round(len(texts) / seconds, 1)
+        diffs.append(float(np.abs(features.astype(np.float32) - local.astype(np.float32)).max()))
+        print(f"features ray {w}: {seconds:.1f}s", flush=True)
+    out["features_max_abs_diff"] = max(diffs)  # float16 values, as the cache stores them
+    return out
+
+
 def bench_index(params, n: int, dim: int = 64) -> dict:
     from bertrec.compute.engine import RayEngine
     from bertrec.model.index import ivf_pq_factory, write_index
@@ -195,6 +218,9 @@ def markdown(r: dict) -> str:
         f"| embed: items/s through the encoder ({r['embed_items']:,} items) | {rate(r['embed_items_per_s_local'])} | "
         f"{rate(r['embed_items_per_s_ray_1'])} | {rate(r['embed_items_per_s_ray_2'])} | "
         f"max abs diff {r['embed_max_abs_diff']:.1e} |",
+        f"| train/text-zero-shot: frozen features, items/s ({r['embed_items']:,} items) | "
+        f"{rate(r['features_items_per_s_local'])} | {rate(r['features_items_per_s_ray_1'])} | "
+        f"{rate(r['features_items_per_s_ray_2'])} | max abs diff {r['features_max_abs_diff']:.1e} (float16) |",
         f"| index: `{r['index_factory']}` over {r['index_items']:,} vectors, seconds | {r['index_seconds_local']} | | "
         f"{r['index_seconds_ray_2']} | recall@10 {r['index_recall_local']:.4f} / {r['index_recall_sharded']:.4f} |",
         f"| train: {r['ddp_epochs']} epochs, batch 128 / 2 x 64, seconds | {r['train_seconds_local']} | | "
@@ -250,9 +276,10 @@ def main() -> None:
         split = read_split(params.paths.splits, "loo", data.n_users, data.n_items)
         report |= bench_evaluate(params, data, split)
         report |= bench_embed(params, data, split, args.embed_items)
+        report |= bench_features(params, data, args.embed_items)
         report |= bench_index(params, args.index_items)
         report |= bench_train(params, data, split, work)
-    for stage, unit in (("evaluate", "users"), ("embed", "items")):
+    for stage, unit in (("evaluate", "users"), ("embed", "items"), ("features", "items")):
         local, one, two = (report[f"{stage}_{unit}_per_s_{k}"] for k in ("local", "ray_1", "ray_2"))
         report[f"{stage}_speedup_2_over_1_workers"] = round(two / one, 2)
         report[f"{stage}_ray_1_worker_over_local"] = round(one / local, 2)
