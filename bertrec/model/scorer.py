@@ -56,6 +56,8 @@ class TowerScorer(Scorer):
         self.device = device
         self.n_items = model.config.n_items
         self._catalogue: tuple[tuple, torch.Tensor] | None = None  # (parameter versions, item vectors)
+        # Popularity-aware re-ranking (bertrec.ranking.rerank): subtracted from every score; None: off.
+        self.penalty: np.ndarray | None = None
 
     def fit(self, train) -> TowerScorer:  # trained by bertrec.model.train.train, not here
         return self
@@ -122,7 +124,10 @@ class TowerScorer(Scorer):
         self.model.eval()
         vectors = self.catalogue_vectors()
         users = self.user_vectors_for(histories, vectors)
-        return self.model.logits(users, vectors).float().cpu().numpy()
+        scores = self.model.logits(users, vectors).float().cpu().numpy()
+        if self.penalty is not None:
+            scores -= self.penalty
+        return scores
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -167,6 +172,8 @@ def build_towers(params: Params, split: Split, items: pd.DataFrame, engine: Engi
         heads=mp.heads,
         dropout=mp.dropout,
         temperature=mp.temperature,
+        score=mp.score,
+        ff_mult=mp.ff_mult,
     )
     model = TwoTower(config)
     known = np.zeros(split.n_items, dtype=bool)

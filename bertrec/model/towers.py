@@ -5,7 +5,8 @@ learned ID embedding for items seen in training (new items have none); L2-normal
 User tower, ``sequence``: a small causal Transformer over the item-tower vectors of the user's most
 recent items, with position embeddings; the output at the last position is the user vector.
 User tower, ``text``: the encoder reads the user's recent titles joined into one text.
-Scores are cosine similarities divided by a temperature.
+Scores are cosine similarities divided by a temperature (``score: cosine``), or dot products of
+unnormalised vectors (``score: dot``: a vector's norm can then carry popularity, as in SASRec).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 ITEM_REPRS = ("text", "id", "hybrid")
 USER_ENCODERS = ("sequence", "text")
+SCORES = ("cosine", "dot")
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,21 @@ class TowerConfig:
     heads: int
     dropout: float
     temperature: float
+    # Added after the first bundles: their defaults are what those bundles were trained with.
+    score: str = "cosine"
+    ff_mult: int = 2  # feed-forward width of the sequence tower, in multiples of dim
+
+    @property
+    def unit_norm(self) -> bool:
+        """Whether item and user vectors are L2-normalised (cosine scores)."""
+        return self.score == "cosine"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class ItemTower(nn.Module):
-    """Item vectors from text features and/or ID embeddings: (n, text_dim) -> (n, dim), unit norm."""
+    """Item vectors from text features and/or ID embeddings: (n, text_dim) -> (n, dim), unit norm for cosine."""
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
@@ -53,7 +63,7 @@ class ItemTower(nn.Module):
             )
         if self.use_id:
             self.ids = nn.Embedding(config.n_items, config.dim)
-            nn.init.normal_(self.ids.weight, std=0.02 if self.use_text else 0.1)
+            nn.init.normal_(self.ids.weight, std=0.02 if self.use_text or not config.unit_norm else 0.1)
         # Items seen in training; the ID part of the others is left out (cold start).
         self.register_buffer("known", torch.ones(config.n_items, dtype=torch.bool))
 
@@ -66,7 +76,8 @@ class ItemTower(nn.Module):
             ids = self.ids(items.clamp(max=self.config.n_items - 1))  # (n, dim)
             known = (items < self.config.n_items) & self.known[items.clamp(max=self.config.n_items - 1)]
             parts.append(ids * known.unsqueeze(-1))
-        return F.normalize(torch.stack(parts).sum(0), dim=-1)
+        out = torch.stack(parts).sum(0)
+        return F.normalize(out, dim=-1) if self.config.unit_norm else out
 
 
 class SequenceUserTower(nn.Module):
@@ -74,12 +85,14 @@ class SequenceUserTower(nn.Module):
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
-        self.heads = config.heads
+        self.heads, self.unit_norm = config.heads, config.unit_norm
         self.positions = nn.Embedding(config.max_history, config.dim)
+        if not config.unit_norm:  # dot: free-norm ID embeddings start at std 0.02 (SASRec's init); so do positions
+            nn.init.normal_(self.positions.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
             config.dim,
             config.heads,
-            dim_feedforward=2 * config.dim,
+            dim_feedforward=config.ff_mult * config.dim,
             dropout=config.dropout,
             activation="gelu",
             batch_first=True,
@@ -92,14 +105,14 @@ class SequenceUserTower(nn.Module):
     def forward(self, items: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """``items``: (batch, L, dim) right-aligned histories; ``padding``: (batch, L) true where empty.
 
-        Returns the output at every position, (batch, L, dim), unit norm; position t sees items <= t.
+        Returns the output at every position, (batch, L, dim), unit norm for cosine; position t sees items <= t.
         """
         length = items.shape[1]
         # Right-aligned: the newest item always has the last position embedding.
         pos = self.positions.weight[-length:]  # (L, dim)
         x = self.dropout(items * (items.shape[-1] ** 0.5) + pos)
-        out = self.encoder(x, mask=attention_mask(padding, self.heads))
-        return F.normalize(self.norm(out), dim=-1)
+        out = self.norm(self.encoder(x, mask=attention_mask(padding, self.heads)))
+        return F.normalize(out, dim=-1) if self.unit_norm else out
 
 
 def attention_mask(padding: torch.Tensor, heads: int) -> torch.Tensor:
@@ -119,12 +132,14 @@ class TextUserTower(nn.Module):
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
+        self.unit_norm = config.unit_norm
         self.project = nn.Sequential(
             nn.Linear(config.text_dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim)
         )
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.project(text), dim=-1)
+        out = self.project(text)
+        return F.normalize(out, dim=-1) if self.unit_norm else out
 
 
 class TwoTower(nn.Module):
@@ -132,8 +147,10 @@ class TwoTower(nn.Module):
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
-        if config.item_repr not in ITEM_REPRS or config.user_encoder not in USER_ENCODERS:
-            raise ValueError(f"item_repr must be one of {ITEM_REPRS}, user_encoder one of {USER_ENCODERS}")
+        if config.item_repr not in ITEM_REPRS or config.user_encoder not in USER_ENCODERS or config.score not in SCORES:
+            raise ValueError(
+                f"item_repr must be one of {ITEM_REPRS}, user_encoder one of {USER_ENCODERS}, score one of {SCORES}"
+            )
         self.config = config
         self.items = ItemTower(config)
         self.users: nn.Module = (
@@ -145,5 +162,5 @@ class TwoTower(nn.Module):
         return self.users(history_vectors, padding)
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Cosine / temperature: (..., dim) x (n, dim) -> (..., n)."""
+        """Cosine (or dot product) / temperature: (..., dim) x (n, dim) -> (..., n)."""
         return users @ items.T / self.config.temperature

@@ -1,6 +1,7 @@
 """The catalogue's vectors on disk: the bundle's ``embeddings/`` part, written by `embed`, read by `index` and serving.
 
-float16, unit norm, with the map from row to item id and the throughput they were encoded at.
+float16, unit norm for a cosine model (as they came for a dot-product one), with the map from row to
+item id and the throughput they were encoded at.
 Needs no torch, so the steps that only read vectors start fast.
 """
 
@@ -16,7 +17,7 @@ import pandas as pd
 
 from bertrec.errors import MissingInputError
 from bertrec.io import atomic_dir, atomic_file, recover_dir
-from bertrec.model.layout import EMBEDDINGS
+from bertrec.model.layout import EMBEDDINGS, MODEL
 
 VECTORS = "vectors.npy"
 STATS_FILE = "embeddings.json"  # how many, how fast, on which device
@@ -66,14 +67,21 @@ def _write_rest(folder: Path, items: pd.DataFrame, stats: EmbedStats) -> None:
 
 
 def read_embeddings(bundle: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Vectors as float32 (re-normalised after the float16 round trip) and the id map."""
+    """Vectors as float32 (a cosine model's re-normalised after the float16 round trip) and the id map."""
     folder = Path(bundle) / EMBEDDINGS
     recover_dir(folder)
     if not (folder / VECTORS).exists():
         raise MissingInputError(f"{folder / VECTORS} not found; run `bertrec embed` first")
     vectors = np.load(folder / VECTORS).astype(np.float32)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    if unit_norm(bundle):
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return vectors, pd.read_parquet(folder / "items.parquet")
+
+
+def unit_norm(bundle: Path) -> bool:
+    """Whether the bundle's model scores by cosine (its vectors are unit norm); bundles before ``score``: yes."""
+    tower = Path(bundle) / MODEL / "tower.json"
+    return not tower.exists() or json.loads(tower.read_text()).get("score", "cosine") == "cosine"
 
 
 def write_queries(queries: np.ndarray, bundle: Path) -> Path:

@@ -5,6 +5,7 @@
   its ``neighbours`` most similar items (RecBole's ItemKNN).
 - ``text-zero-shot``: the pretrained encoder with no training; item vector = mean-pooled encoder
   output of the item text, user vector = mean of the vectors of the most recent history items.
+- ``sasrec``: the ID-only sequence model with SASRec's recipe (:mod:`bertrec.model.sasrec`).
 """
 
 from __future__ import annotations
@@ -214,6 +215,10 @@ def make_baselines(params: Params, engine: Engine | None = None) -> list[Scorer]
             made.append(Popular())
         elif name == "itemknn":
             made.append(ItemKNN(params.baselines.itemknn.neighbours, params.baselines.itemknn.shrink))
+        elif name == "sasrec":
+            from bertrec.model.sasrec import SASRec  # torch: only for this baseline
+
+            made.append(SASRec(params))
         else:
             made.append(
                 TextZeroShot(

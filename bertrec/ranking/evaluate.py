@@ -183,7 +183,7 @@ def evaluate_split(
     all_cases = [build_cases(split, target) for target in targets(split)]
     results: dict[str, dict[str, dict[str, float]]] = {}
     for scorer in scorers:
-        scorer.fit(train)
+        scorer.fit_split(split, items)
         shared = engine.put(scorer) if engine is not None else None
         results[scorer.name] = {}
         for cases in all_cases:

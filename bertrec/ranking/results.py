@@ -83,6 +83,7 @@ def write_training_metrics(record: dict[str, Any], metrics_dir: Path) -> None:
             "best_epoch": record["best_epoch"],
             "epochs_run": len(record["epochs"]),
             "valid": record["best_valid"],
+            "rerank_beta": record.get("rerank", {}).get("beta", 0.0),
         },
     )
     rows = ["epoch,loss,valid_ndcg_at_10,seconds"]

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from bertrec.data.split import Split
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,10 @@ class Scorer(ABC):
     @abstractmethod
     def fit(self, train: TrainSet) -> Scorer:
         """Learn from ``train``; return self."""
+
+    def fit_split(self, split: Split, items: pd.DataFrame) -> Scorer:
+        """Learn from ``split``: its training part (models that early-stop also read its validation part)."""
+        return self.fit(TrainSet(split.n_users, split.n_items, split.train.reset_index(drop=True), items))
 
     @abstractmethod
     def score(self, histories: Histories) -> np.ndarray:

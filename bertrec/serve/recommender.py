@@ -154,29 +154,48 @@ class Recommender:
     def recommend_batch(
         self, histories: list[list[str]], k: int = 10, exclude_history: bool = True
     ) -> list[list[Recommendation]]:
-        """Top-``k`` items for each history; ties in score go to the lower catalogue row."""
-        users = self.user_vectors(histories)
+        """Top-``k`` items for each history; ties in score go to the lower catalogue row.
+
+        Scores are the model's (cosine or dot product / temperature) minus the popularity penalty
+        of re-ranking when the bundle has one. The index finds the best raw scores; with a penalty
+        the search deepens (doubling) until no item beyond it could still enter the top ``k``:
+        its raw score is at most the deepest one found, and its penalty at least the smallest.
+        """
+        users = np.ascontiguousarray(self.user_vectors(histories), dtype=np.float32)
         longest = max((len(h) for h in histories), default=0)
-        depth = min(len(self.item_ids), k + (longest if exclude_history else 0))
-        scores, found = self.index.search(np.ascontiguousarray(users, dtype=np.float32), depth)
-        results = []
-        for history, row_scores, row_items in zip(histories, scores, found, strict=True):
-            rows = self.to_indices(history)
-            seen = set(rows.tolist()) if exclude_history else set()
-            picked = [
-                (float(s), int(i)) for s, i in zip(row_scores, row_items, strict=True) if i >= 0 and int(i) not in seen
-            ]
-            picked.sort(key=lambda pair: (-pair[0], pair[1]))
-            results.append([self._explain(i, s, rows) for s, i in picked[:k]])
+        n_items, temperature = len(self.item_ids), self.scorer.model.config.temperature
+        penalty = self.scorer.penalty
+        depth = min(n_items, k + (longest if exclude_history else 0))
+        exclude = [set(self.to_indices(h).tolist()) if exclude_history else set() for h in histories]
+        results: list[list[Recommendation] | None] = [None] * len(histories)
+        todo = np.arange(len(histories))
+        while len(todo):
+            scores, found = self.index.search(users[todo], depth)
+            deeper = []
+            for row, row_scores, row_items in zip(todo, scores, found, strict=True):
+                picked = [
+                    (float(s) / temperature - (float(penalty[i]) if penalty is not None else 0.0), int(i))
+                    for s, i in zip(row_scores, row_items, strict=True)
+                    if i >= 0 and int(i) not in exclude[row]
+                ]
+                picked.sort(key=lambda pair: (-pair[0], pair[1]))
+                bound = float(row_scores[-1]) / temperature - (float(penalty.min()) if penalty is not None else 0.0)
+                exact = penalty is None or depth >= n_items or (len(picked) >= k and picked[k - 1][0] > bound)
+                if exact:
+                    rows = self.to_indices(histories[row])
+                    results[row] = [self._explain(i, s, rows) for s, i in picked[:k]]
+                else:
+                    deeper.append(row)
+            todo, depth = np.asarray(deeper, dtype=np.int64), min(n_items, 2 * depth)
         return results
 
     def _explain(self, item: int, score: float, history_rows: np.ndarray) -> Recommendation:
-        """Score on the model's scale (cosine / temperature), and the most similar history item."""
+        """The score (already on the model's scale) and the most similar history item."""
         because = None
         if len(history_rows):
             nearest = int(np.argmax(self.vectors[history_rows] @ self.vectors[item]))
             because = self.item_ids[history_rows[nearest]]
-        return Recommendation(self.item_ids[item], score / self.scorer.model.config.temperature, because)
+        return Recommendation(self.item_ids[item], score, because)
 
     def add_items(self, new_items: pd.DataFrame) -> None:
         """Encode ``new_items`` (``item_id``, ``text``) from their text and add them to the index.
@@ -207,6 +226,8 @@ class Recommender:
         vectors = encode_items(self.scorer, new_items["text"].tolist(), rows, progress=False)
         self.index.add(np.ascontiguousarray(vectors))
         self.vectors = np.vstack([self.vectors, vectors])
+        if self.scorer.penalty is not None:  # no training interaction: no popularity penalty
+            self.scorer.penalty = np.r_[self.scorer.penalty, np.zeros(len(ids), np.float32)]
         added = pd.DataFrame({"item_idx": rows, "item_id": ids, "text": new_items["text"].to_numpy()})
         self.items = pd.concat([self.items, added], ignore_index=True)
         titles = new_items["title"] if "title" in new_items else new_items["text"]
@@ -220,8 +241,8 @@ class CatalogueScorer(Scorer):
 
     This is how a registered model is evaluated on data newer than itself (the promotion gate
     re-evaluates the champion on the current split): items it does not know are encoded from their
-    text (:meth:`Recommender.add_items`), and every score is cosine of the stored float16 vectors,
-    exactly as served.
+    text (:meth:`Recommender.add_items`), and every score is the model's on the stored float16
+    vectors, minus its popularity penalty, exactly as served.
 
     Args:
         items: the catalogue to score (``item_idx`` = row, ``item_id``, ``text``).
@@ -254,4 +275,6 @@ class CatalogueScorer(Scorer):
     def score(self, histories: Histories) -> np.ndarray:
         mapped = Histories(histories.indptr, self.rows[histories.items])
         users = self.recommender.user_vectors_of_rows(mapped)  # (batch, dim)
-        return (users @ self.vectors.T) / self.recommender.scorer.model.config.temperature
+        scores = (users @ self.vectors.T) / self.recommender.scorer.model.config.temperature
+        penalty = self.recommender.scorer.penalty
+        return scores - penalty[self.rows] if penalty is not None else scores

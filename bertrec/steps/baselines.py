@@ -38,7 +38,10 @@ class Evaluated:
 
 
 def run(p: Params, names: list[str] | None = None) -> Evaluated:
-    """Evaluate every baseline of ``baselines.models`` on ``names`` (default: ``eval.splits``)."""
+    """Evaluate every baseline of ``baselines.models`` on ``names`` (default: ``eval.splits``).
+
+    SASRec, which trains, runs only on ``baselines.sasrec.splits``.
+    """
     names = check_split_names(list(names or p.eval.splits))
     data = load_dataset(p.paths.prepared)
     dataset = json.loads((p.paths.prepared / MANIFEST_FILE).read_text())["dataset"]
@@ -50,7 +53,8 @@ def run(p: Params, names: list[str] | None = None) -> Evaluated:
     for name in names:
         split = read_split(p.paths.splits, name, data.n_users, data.n_items)
         topk = p.paths.outputs / BASELINES_TOPK
-        report["splits"][name] = evaluate_split(scorers, split, data.items, p.eval.ks, p.eval.batch_size, topk, engine)
+        here = [s for s in scorers if s.name != "sasrec" or name in p.baselines.sasrec.splits]
+        report["splits"][name] = evaluate_split(here, split, data.items, p.eval.ks, p.eval.batch_size, topk, engine)
         shown[name] = tuple(t for t in targets(split) if t != "valid")
     path = p.paths.metrics / BASELINES_FILE
     write_json(path, report)

@@ -34,7 +34,12 @@ def pipeline(tmp_path_factory, recbole_wheel, tiny_encoder):
     root = tmp_path_factory.mktemp("ml100k")
     (root / "cache" / "wheels").mkdir(parents=True)
     shutil.copy(recbole_wheel, root / "cache" / "wheels" / recbole_wheel.name)
-    sets = [*paths_under(root), "data.routes=[recbole-wheel]", f"model.encoder={tiny_encoder}"]
+    sets = [
+        *paths_under(root),
+        "data.routes=[recbole-wheel]",
+        f"model.encoder={tiny_encoder}",
+        "baselines.models=[popular, itemknn, text-zero-shot]",  # sasrec: bench/model_table.py
+    ]
     args = [a for s in sets for a in ("--set", s)]
     runner = CliRunner()
     outputs = {}

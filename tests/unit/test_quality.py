@@ -1,0 +1,169 @@
+"""The quality levers: dot-product towers, SASRec as a baseline, popularity re-ranking, the paired bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from bertrec.config import RerankParams
+from bertrec.data.split import split_loo
+from bertrec.model.sasrec import SASRec, sasrec_params
+from bertrec.model.towers import TowerConfig, TwoTower
+from bertrec.ranking.baselines import Popular, make_baselines
+from bertrec.ranking.evaluate import Cases, build_cases, evaluate, reference_of, train_set
+from bertrec.ranking.metrics import Reference, compute_metrics
+from bertrec.ranking.rerank import choose_beta, popularity_penalty
+from bertrec.ranking.scoring import Histories, Scorer
+from bertrec.ranking.significance import paired_bootstrap, per_user
+
+from builders import cyclic_dataset
+
+
+def tower_config(**kw) -> TowerConfig:
+    base = dict(n_items=20, text_dim=8, dim=8, item_repr="id", user_encoder="sequence", max_history=5)
+    return TowerConfig(**(base | dict(layers=1, heads=2, dropout=0.0, temperature=0.5) | kw))
+
+
+def test_dot_towers_keep_free_norms_and_cosine_towers_unit_norms():
+    torch.manual_seed(0)
+    items = torch.arange(20)
+    history = torch.randn(3, 5, 8)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    for score, unit in (("cosine", True), ("dot", False)):
+        model = TwoTower(tower_config(score=score, ff_mult=4)).eval()
+        vectors = model.items(None, items)
+        users = model.user_vectors(history, padding)[:, -1]
+        assert torch.allclose(vectors.norm(dim=-1), torch.ones(20), atol=1e-5) is unit
+        assert torch.allclose(users.norm(dim=-1), torch.ones(3), atol=1e-5) is unit
+        assert torch.allclose(model.logits(users, vectors), users @ vectors.T / 0.5)
+        assert model.users.encoder.layers[0].linear1.out_features == 4 * 8
+
+
+def test_sasrec_params_take_only_the_recipe_device_and_validation_users(make_params):
+    p = sasrec_params(make_params("train.lr=0.1", "model.dim=8", "train.valid_users=7", "baselines.sasrec.dropout=0.3"))
+    assert (p.model.item_repr, p.model.score, p.model.temperature, p.model.dim) == ("id", "dot", 1.0, 64)
+    assert (p.model.dropout, p.model.ff_mult, p.train.lr, p.train.valid_users) == (0.3, 4, 1e-3, 7)
+
+
+def test_sasrec_is_a_baseline_that_learns_the_next_item(make_params):
+    # Given the cyclic log (the next item is the current one + 1) and SASRec in baselines.models
+    data = cyclic_dataset(n_users=40, n_items=30)
+    split = split_loo(data)
+    params = make_params(
+        "baselines.models=[popular, sasrec]",
+        "baselines.sasrec.dim=16",
+        "baselines.sasrec.layers=1",
+        "baselines.sasrec.max_history=8",
+        "baselines.sasrec.dropout=0.0",
+        "baselines.sasrec.lr=0.01",
+        "baselines.sasrec.batch_size=16",
+        "baselines.sasrec.epochs=15",
+    )
+    popular, sasrec = make_baselines(params)
+    # When it is fitted on the split (early-stopping on its validation part) and evaluated on test
+    sasrec.fit_split(split, data.items)
+    train = train_set(split, data.items)
+    cases, reference = build_cases(split, "test"), reference_of(train)
+    ndcg = evaluate(sasrec, cases, reference, (10,)).metrics["NDCG@10"]
+    # Then it ranks the next item far above popularity
+    assert isinstance(sasrec, SASRec) and sasrec.best_epoch >= 1
+    assert ndcg > max(0.6, 3 * evaluate(popular.fit(train), cases, reference, (10,)).metrics["NDCG@10"])
+    with pytest.raises(TypeError, match="fit_split"):
+        sasrec.fit(train)
+
+
+class FixedScores(Scorer):
+    """Scores from a table (users x items) minus ``penalty``, for all users at once (rank with a batch >= users)."""
+
+    name = "fixed"
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table, self.penalty = table.astype(np.float32), None
+
+    def fit(self, train) -> FixedScores:
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        rows = self.table[: len(histories)].copy()
+        return rows - self.penalty if self.penalty is not None else rows
+
+
+def rerank_case(n_users: int = 40, n_items: int = 30):
+    """Every user likes the popular items a little more than the item they will pick, a tail item."""
+    rng = np.random.default_rng(0)
+    popularity = np.r_[np.full(5, 100), np.full(n_items - 5, 2)]
+    positives = 5 + rng.integers(0, n_items - 5, n_users)
+    table = rng.normal(0, 0.05, (n_users, n_items))
+    table[:, :5] += 1.0
+    table[np.arange(n_users), positives] += 0.8
+    empty = Histories(np.zeros(n_users + 1, np.int64), np.empty(0, np.int64))
+    matrix = sp.csr_matrix((np.ones(n_users), (np.arange(n_users), positives)), shape=(n_users, n_items))
+    cases = Cases("valid", np.arange(n_users), empty, matrix)
+    tail = np.zeros(n_items, bool)
+    tail[5:] = True
+    reference = Reference(popularity, np.full(n_items, 0.1), tail)
+    return FixedScores(table), cases, reference
+
+
+def test_auto_beta_is_the_smallest_that_reaches_the_coverage_target():
+    # Given scores that favour five popular items over each user's tail positive
+    scorer, cases, reference = rerank_case(n_items=200)
+    plain = compute_metrics(scorer.recommend(cases.context, 10), cases.positives, reference, (10,))
+    tried = choose_beta(scorer, cases, reference, RerankParams(coverage_target=1.0, max_ndcg_drop=0.5), 1024).tried
+    target = (plain["Coverage@10"] + max(t["Coverage@10"] for t in tried)) / 2
+    # When beta is chosen for a coverage between the plain lists' and the best reachable
+    choice = choose_beta(scorer, cases, reference, RerankParams(coverage_target=target, max_ndcg_drop=0.5), 1024)
+    # Then it is the smallest beta reaching it, left on the scorer, and its lists reach it
+    reranked = compute_metrics(scorer.recommend(cases.context, 10), cases.positives, reference, (10,))
+    assert choice.beta > 0 and np.allclose(scorer.penalty, popularity_penalty(reference.popularity, choice.beta))
+    assert reranked["Coverage@10"] == choice.valid["Coverage@10"] >= target > plain["Coverage@10"]
+    assert all(t["Coverage@10"] < target for t in choice.tried if t["beta"] < choice.beta)
+    assert reranked["NDCG@10"] > plain["NDCG@10"]  # here the tail was what users wanted
+
+
+def test_auto_beta_never_trades_more_ndcg_than_allowed():
+    # Given users whose positives are the popular items: any penalty can only cost NDCG
+    scorer, cases, reference = rerank_case(n_items=200)
+    positives = sp.csr_matrix((np.ones(40), (np.arange(40), np.arange(40) % 5)), shape=(40, 200))
+    cases = Cases("valid", cases.users, cases.context, positives)
+    # When no loss is allowed and the coverage target cannot be reached
+    choice = choose_beta(scorer, cases, reference, RerankParams(coverage_target=1.0, max_ndcg_drop=0.0), 1024)
+    # Then the choice keeps the unpenalised NDCG and says why
+    zero = next(t for t in choice.tried if t["beta"] == 0.0)
+    assert choice.valid["NDCG@10"] >= zero["NDCG@10"]
+    assert "no beta reached" in choice.reason
+
+
+def test_a_fixed_beta_is_applied_as_set():
+    scorer, cases, reference = rerank_case()
+    choice = choose_beta(scorer, cases, reference, RerankParams(beta=0.3), 1024)
+    assert choice.beta == 0.3 and len(choice.tried) == 1
+    assert np.allclose(scorer.penalty, 0.3 * np.log1p(reference.popularity))
+    off = choose_beta(scorer, cases, reference, RerankParams(beta=0.0), 1024)
+    assert off.beta == 0.0 and scorer.penalty is None
+
+
+def test_per_user_metrics_average_to_the_reported_ones():
+    data = cyclic_dataset(n_users=30, n_items=20)
+    split = split_loo(data)
+    train = train_set(split, data.items)
+    cases = build_cases(split, "test")
+    evaluation = evaluate(Popular().fit(train), cases, reference_of(train), (10,))
+    users = per_user(evaluation.topk, cases.positives, 10)
+    assert users["NDCG@10"].mean() == pytest.approx(evaluation.metrics["NDCG@10"])
+    assert users["Hit@10"].mean() == pytest.approx(evaluation.metrics["Hit@10"])
+
+
+def test_paired_bootstrap_interval_covers_the_true_difference_and_excludes_zero():
+    rng = np.random.default_rng(1)
+    b = rng.random(500)
+    a = b + 0.05 + rng.normal(0, 0.01, 500)
+    result = paired_bootstrap(a, b, resamples=2000, seed=0)
+    assert result.low < 0.05 < result.high and result.low > 0
+    assert result.difference == pytest.approx(a.mean() - b.mean())
+    same = paired_bootstrap(b, b, resamples=200)
+    assert same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="paired values"):
+        paired_bootstrap(a, b[:-1])
