@@ -227,3 +227,34 @@ def synth(
         f"{rows} interactions, {items} items, {users} users ({fmt}) in {time.perf_counter() - began:.1f}s: "
         + ", ".join(str(f) for f in files.values())
     )
+
+
+@command(app.command())
+def tune(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Trials this call runs (default: tune.trials).")
+    ] = None,
+    worker: Annotated[
+        int, typer.Option("--worker", min=0, help="This worker's number: varies the sampler's seed.")
+    ] = 0,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Write the best params into the params file (comments kept).")
+    ] = False,
+) -> None:
+    """Search tune.space with Optuna (TPE, median pruning on validation NDCG@10); never reads test.
+
+    Trials are MLflow child runs under one parent run per study; the study's storage is a database
+    beside MLflow's (tune.storage), so workers on several machines can join it. Prints the best
+    params as a diff of the params file.
+    """
+    from bertrec.config import apply_overrides
+    from bertrec.mlops.tune import as_sets
+    from bertrec.mlops.tune import tune as run_tune
+
+    study = run_tune(params, set_ or [], trials, worker)
+    typer.echo(study.summary())
+    if apply and study.best_params:
+        apply_overrides(params, as_sets(study.best_params))
+        typer.echo(f"-> best params written into {params}")

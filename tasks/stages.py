@@ -49,10 +49,16 @@ def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> list[st
 
     Raises RuntimeError with the last lines of output when DVC fails.
     """
+    return stream(project, "dvc", *args, env=env)
+
+
+def stream(project: Path, program: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run ``program`` (one of this environment's: dvc, bertrec) with ``args`` in ``project``, its output
+    streamed to the run log; returns the lines. Raises RuntimeError with the last lines when it fails."""
     logger = get_run_logger()
     lines: list[str] = []
-    command = [str(BIN / "dvc"), *args]
-    logger.info("$ dvc %s", " ".join(args))
+    command = [str(BIN / program), *args]
+    logger.info("$ %s %s", program, " ".join(args))
     # the stages' commands (`bertrec <step>`) come from this environment
     path = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     with subprocess.Popen(
@@ -70,7 +76,7 @@ def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> list[st
                 logger.info(line)
     if process.returncode != 0:
         tail = "\n".join(lines[-30:])
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed with exit code {process.returncode}:\n{tail}")
+        raise RuntimeError(f"`{program} {' '.join(args)}` failed with exit code {process.returncode}:\n{tail}")
     return lines
 
 
