@@ -149,6 +149,7 @@ class ModelParams(_Section):
     temperature: float = Field(0.1, gt=0.0)
     score: Literal["cosine", "dot"] = "cosine"
     ff_mult: int = Field(2, gt=0)
+    ensemble: int = Field(1, ge=1)
 
 
 class RerankParams(_Section):
@@ -223,6 +224,7 @@ class TuneParams(_Section):
                 "max_history": [50, 100, 200],
                 "dim": [64, 128],
                 "layers": [1, 2, 3],
+                "ensemble": [1, 3],
             },
             "train": {
                 "lr": SpaceRange(low=3e-4, high=3e-3, log=True),

@@ -195,7 +195,8 @@ def run_trial(trial, p: Params, values: dict[str, Any], split, items, client, pa
     """Train one trial's model as a child run of ``parent``; its value is validation NDCG@10 after re-ranking."""
     import optuna
 
-    from bertrec.model.train import PRIMARY, train
+    from bertrec.model.ensemble import train_model
+    from bertrec.model.train import PRIMARY
     from bertrec.ranking.evaluate import build_cases, reference_of, train_set
     from bertrec.ranking.rerank import NDCG, choose_beta
 
@@ -222,7 +223,7 @@ def run_trial(trial, p: Params, values: dict[str, Any], split, items, client, pa
 
     try:
         with tempfile.TemporaryDirectory(prefix="bertrec-trial-") as work:
-            result = train(p, split, items, Path(work), on_epoch_end=on_epoch_end)
+            result = train_model(p, split, items, Path(work), on_epoch_end=on_epoch_end)
         cases = build_cases(split, "valid").sample(p.train.valid_users, p.train.seed)
         choice = choose_beta(result.scorer, cases, reference_of(train_set(split, items)), p.rerank, p.eval.batch_size)
     except optuna.TrialPruned:

@@ -32,7 +32,7 @@ from bertrec.model.encoder import TextEncoder, pick_device
 from bertrec.model.features import ItemTextFeatures
 from bertrec.model.layout import HISTORIES, MODEL, TRAINING, WEIGHTS
 from bertrec.model.scorer import TowerScorer
-from bertrec.model.towers import TowerConfig, TwoTower
+from bertrec.model.towers import TowerConfig, make_towers
 
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
 TEXT_FEATURES = "text_features.npy"
@@ -104,7 +104,7 @@ def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.Data
         cache = np.load(folder / TEXT_FEATURES, mmap_mode="r")
         precision = settings.get("precision", "fp32")  # bundles written before encode_precision: fp32
         features = ItemTextFeatures(encoder, items["text"].tolist(), "all", 128, cache=cache, precision=precision)
-    model = TwoTower(config)
+    model = make_towers(config)
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     titles = (items["title"] if "title" in items else items["text"]).to_numpy(dtype=object)
     scorer = TowerScorer(model, features, titles, dev)
@@ -130,4 +130,5 @@ def training_record(result: Any, params: Any, split_name: str) -> dict[str, Any]
         "best_epoch": result.best_epoch,
         "best_valid": result.best_valid,
         "epochs": [asdict(e) for e in result.epochs],
+        "members": getattr(result, "members", []),
     }

@@ -11,7 +11,7 @@ unnormalised vectors (``score: dot``: a vector's norm can then carry popularity,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -39,11 +39,12 @@ class TowerConfig:
     # Added after the first bundles: their defaults are what those bundles were trained with.
     score: str = "cosine"
     ff_mult: int = 2  # feed-forward width of the sequence tower, in multiples of dim
+    ensemble: int = 1  # members (EnsembleTowers): dim is then the width of their concatenated vectors
 
     @property
     def unit_norm(self) -> bool:
-        """Whether item and user vectors are L2-normalised (cosine scores)."""
-        return self.score == "cosine"
+        """Whether item and user vectors are L2-normalised (cosine scores of one model)."""
+        return self.score == "cosine" and self.ensemble == 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,3 +165,73 @@ class TwoTower(nn.Module):
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Cosine (or dot product) / temperature: (..., dim) x (n, dim) -> (..., n)."""
         return users @ items.T / self.config.temperature
+
+
+class EnsembleTowers(nn.Module):
+    """K two-tower models (trained with different seeds) whose scores are averaged.
+
+    Item vectors are the members' concatenated, user vectors the members' concatenated and divided
+    by K, so one inner product (divided by the temperature they share) is the members' mean score:
+    the embeddings, the index and serving treat an ensemble like one model of width K x dim. The user
+    towers read the history through the same concatenated vectors, each its own part.
+    """
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        if config.ensemble < 2 or config.dim % config.ensemble:
+            raise ValueError(f"an ensemble needs 2 or more members and a width they share; got {config}")
+        self.config = config
+        member = replace(config, dim=config.dim // config.ensemble, ensemble=1)
+        self.members = nn.ModuleList(TwoTower(member) for _ in range(config.ensemble))
+        self.items = _EnsembleItems(self)
+        self.users = _EnsembleUsers(self)
+
+    @classmethod
+    def of(cls, members: list[TwoTower]) -> EnsembleTowers:
+        """The ensemble of trained ``members`` (same configuration)."""
+        config = replace(members[0].config, dim=members[0].config.dim * len(members), ensemble=len(members))
+        ensemble = cls(config)
+        for mine, trained in zip(ensemble.members, members, strict=True):
+            mine.load_state_dict(trained.state_dict())
+        return ensemble.to(next(members[0].parameters()).device)
+
+    def user_vectors(self, history_vectors: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        parts = history_vectors.chunk(len(self.members), dim=-1)
+        outs = [m.user_vectors(part, padding) for m, part in zip(self.members, parts, strict=True)]
+        return torch.cat(outs, dim=-1) / len(self.members)
+
+    def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return users @ items.T / self.config.temperature
+
+
+class _EnsembleItems:
+    """The members' item towers as one: concatenated vectors (not a module: the members own the weights)."""
+
+    def __init__(self, owner: EnsembleTowers) -> None:
+        self.owner = owner
+
+    def _first(self) -> ItemTower:
+        return self.owner.members[0].items
+
+    use_text = property(lambda self: self._first().use_text)
+    use_id = property(lambda self: self._first().use_id)
+    known = property(lambda self: self._first().known)
+
+    def __call__(self, text: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.items(text, items) for m in self.owner.members], dim=-1)
+
+
+class _EnsembleUsers:
+    """The members' ``text`` user towers as one: concatenated vectors divided by K."""
+
+    def __init__(self, owner: EnsembleTowers) -> None:
+        self.owner = owner
+
+    def __call__(self, text: torch.Tensor) -> torch.Tensor:
+        members = self.owner.members
+        return torch.cat([m.users(text) for m in members], dim=-1) / len(members)
+
+
+def make_towers(config: TowerConfig) -> TwoTower | EnsembleTowers:
+    """The towers a saved configuration describes: one model, or an ensemble of ``config.ensemble``."""
+    return EnsembleTowers(config) if config.ensemble > 1 else TwoTower(config)

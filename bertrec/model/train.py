@@ -110,6 +110,7 @@ class TrainResult:
     epochs: list[EpochLog] = field(default_factory=list)
     best_epoch: int = 0
     best_valid: dict[str, float] = field(default_factory=dict)
+    members: list[dict] = field(default_factory=list)  # an ensemble's members: seed, best epoch, validation metrics
 
 
 def _schedule(warmup: int, total: int) -> Callable[[int], float]:

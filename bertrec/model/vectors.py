@@ -79,9 +79,15 @@ def read_embeddings(bundle: Path) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def unit_norm(bundle: Path) -> bool:
-    """Whether the bundle's model scores by cosine (its vectors are unit norm); bundles before ``score``: yes."""
+    """Whether the bundle's vectors are unit norm: one cosine model (bundles from before ``score``: yes).
+
+    An ensemble's vectors are its members' concatenated, which normalising would rescale.
+    """
     tower = Path(bundle) / MODEL / "tower.json"
-    return not tower.exists() or json.loads(tower.read_text()).get("score", "cosine") == "cosine"
+    if not tower.exists():
+        return True
+    config = json.loads(tower.read_text())
+    return config.get("score", "cosine") == "cosine" and config.get("ensemble", 1) == 1
 
 
 def write_queries(queries: np.ndarray, bundle: Path) -> Path:

@@ -18,8 +18,8 @@ from bertrec.config import Params
 from bertrec.data.dataset import load_dataset
 from bertrec.data.split import read_split
 from bertrec.model.bundle import save_model, training_record
+from bertrec.model.ensemble import train_model
 from bertrec.model.train import CHECKPOINTS, PRIMARY
-from bertrec.model.train import train as fit
 from bertrec.ranking.evaluate import build_cases, reference_of, train_set
 from bertrec.ranking.rerank import choose_beta
 from bertrec.ranking.results import write_training_metrics
@@ -51,10 +51,16 @@ def run(p: Params) -> Trained:
         from bertrec.compute.train import train_on_ray
 
         announce("train", engine, "data-parallel training (Ray Train, DDP)")
-        result = train_on_ray(p, split, data.items, work, engine)
+        result = train_model(
+            p,
+            split,
+            data.items,
+            work,
+            fit=lambda member, folder, _: train_on_ray(member, split, data.items, folder, engine),
+        )
     else:
         announce("train", engine, "training")
-        result = fit(p, split, data.items, work)
+        result = train_model(p, split, data.items, work)
     valid = build_cases(split, "valid").sample(p.train.valid_users, p.train.seed)
     choice = choose_beta(result.scorer, valid, reference_of(train_set(split, data.items)), p.rerank, p.eval.batch_size)
     record = training_record(result, p, split.name) | {"rerank": choice.to_dict()}

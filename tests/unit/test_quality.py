@@ -9,8 +9,9 @@ import torch
 
 from bertrec.config import RerankParams
 from bertrec.data.split import split_loo
+from bertrec.errors import ConfigError
 from bertrec.model.sasrec import SASRec, sasrec_params
-from bertrec.model.towers import TowerConfig, TwoTower
+from bertrec.model.towers import EnsembleTowers, TowerConfig, TwoTower
 from bertrec.ranking.baselines import Popular, make_baselines
 from bertrec.ranking.evaluate import Cases, build_cases, evaluate, reference_of, train_set
 from bertrec.ranking.metrics import Reference, compute_metrics
@@ -167,3 +168,52 @@ def test_paired_bootstrap_interval_covers_the_true_difference_and_excludes_zero(
     assert same.low == same.high == 0.0
     with pytest.raises(ValueError, match="paired values"):
         paired_bootstrap(a, b[:-1])
+
+
+def test_an_ensembles_score_is_its_members_mean_score():
+    torch.manual_seed(0)
+    members = [TwoTower(tower_config()).eval() for _ in range(3)]
+    ensemble = EnsembleTowers.of(members).eval()
+    items = torch.arange(20)
+    history = torch.randint(0, 20, (4, 5))
+    padding = torch.zeros(4, 5, dtype=torch.bool)
+    vectors = ensemble.items(None, items)
+    mean = sum(
+        m.logits(m.user_vectors(m.items(None, items)[history], padding)[:, -1], m.items(None, items)) for m in members
+    )
+    got = ensemble.logits(ensemble.user_vectors(vectors[history], padding)[:, -1], vectors)
+    assert vectors.shape == (20, 24) and ensemble.config.dim == 24 and not ensemble.config.unit_norm
+    assert torch.allclose(got, mean / 3, atol=1e-5)
+
+
+def test_an_ensemble_trains_its_members_with_their_own_seeds_and_loads_back(make_params, tiny_encoder, tmp_path):
+    from bertrec.model.bundle import load_model, save_model, training_record
+    from bertrec.model.ensemble import train_model
+
+    data = cyclic_dataset(n_users=30, n_items=30)
+    split = split_loo(data)
+    params = make_params(
+        f"model.encoder={tiny_encoder}",
+        "model.dim=8",
+        "model.layers=1",
+        "model.max_history=6",
+        "model.ensemble=2",
+        "train.epochs=3",
+        "train.batch_size=16",
+    )
+    result = train_model(params, split, data.items, tmp_path / "work")
+    assert isinstance(result.scorer.model, EnsembleTowers)
+    assert [m["seed"] for m in result.members] == [params.train.seed, params.train.seed + 1]
+    context = build_cases(split, "valid").context
+    record = training_record(result, params, "loo")
+    save_model(result.scorer, data.items, params.paths.bundle, record, data.interactions)
+    loaded, _ = load_model(params.paths.bundle)
+    assert isinstance(loaded.model, EnsembleTowers)
+    assert np.allclose(loaded.score(context), result.scorer.score(context), atol=1e-5)
+    with pytest.raises(ConfigError, match="frozen encoder"):
+        train_model(
+            make_params(f"model.encoder={tiny_encoder}", "model.ensemble=2", "train.freeze_layers=1"),
+            split,
+            data.items,
+            tmp_path / "w2",
+        )

@@ -1,0 +1,74 @@
+"""Ensembles of the two-tower model: K members trained with seeds ``train.seed`` .. + K-1, scores averaged.
+
+:func:`train_model` is what the train stage, `bertrec tune` and the benches call: :func:`train`
+when ``model.ensemble`` is 1, else each member in turn and their
+:class:`~bertrec.model.towers.EnsembleTowers`, whose one inner product is the members' mean score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from bertrec.config import Params
+from bertrec.data.split import Split
+from bertrec.errors import ConfigError
+from bertrec.model.scorer import TowerScorer
+from bertrec.model.towers import EnsembleTowers
+from bertrec.model.train import PRIMARY, EpochLog, TrainResult, train
+from bertrec.ranking.evaluate import build_cases, rank_cases, reference_of, train_set
+from bertrec.ranking.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+Fit = Callable[[Params, Path, Callable[[EpochLog], None] | None], TrainResult]
+
+
+def train_model(
+    params: Params,
+    split: Split,
+    items: pd.DataFrame,
+    work_dir: Path,
+    on_epoch_end: Callable[[EpochLog], None] | None = None,
+    fit: Fit | None = None,
+) -> TrainResult:
+    """:func:`train` once, or with ``model.ensemble`` K > 1, K members (seeds ``train.seed`` + k) averaged.
+
+    ``fit(params, work_dir, on_epoch_end)`` trains one model (default: :func:`train` here; the train
+    stage passes Ray Train's). Members train one after the other, each early-stopping on its own;
+    ``on_epoch_end`` sees the first member's epochs. The ensemble's validation metrics are its own.
+    """
+    fit = fit or (lambda member, folder, hook: train(member, split, items, folder, on_epoch_end=hook))
+    k = params.model.ensemble
+    if k == 1:
+        return fit(params, work_dir, on_epoch_end)
+    if params.train.freeze_layers != "all" and params.model.item_repr != "id":
+        raise ConfigError("model.ensemble > 1 needs a frozen encoder (train.freeze_layers: all): members share it")
+    results = []
+    for member in range(k):
+        settings = params.model_copy(
+            update={
+                "model": params.model.model_copy(update={"ensemble": 1}),
+                "train": params.train.model_copy(update={"seed": params.train.seed + member}),
+            }
+        )
+        log.info("ensemble member %d of %d (seed %d)", member + 1, k, settings.train.seed)
+        results.append(fit(settings, Path(work_dir) / f"member-{member}", on_epoch_end if member == 0 else None))
+    first = results[0].scorer
+    towers = EnsembleTowers.of([r.scorer.model for r in results])
+    scorer = TowerScorer(towers, first.text_features, first.titles, first.device)
+    scorer.model.eval()
+    cases = build_cases(split, "valid").sample(params.train.valid_users, params.train.seed)
+    topk = rank_cases(scorer, cases, 20, params.eval.batch_size)
+    valid = compute_metrics(topk, cases.positives, reference_of(train_set(split, items)), (10, 20), cases.candidates)
+    log.info(
+        "ensemble of %d: valid NDCG@10 %.4f (members %s)", k, valid[PRIMARY], [r.best_valid[PRIMARY] for r in results]
+    )
+    members = [
+        {"seed": params.train.seed + m, "best_epoch": r.best_epoch, "best_valid": r.best_valid}
+        for m, r in enumerate(results)
+    ]
+    return TrainResult(scorer, results[0].epochs, results[0].best_epoch, valid, members)
