@@ -1,11 +1,19 @@
-"""The README's model table: bertrec beside the baselines on every split, with the ablations.
+"""The README's model table: bertrec beside SASRec and the baselines, per seed, with the ablations.
 
-Trains the two-tower model once per (split, variant, seed) with params.yaml plus the variant's
-overrides, evaluates it on the test targets of its split beside the three baselines, and writes
-``bench/results/model_table.json`` and ``bench/results/model_table.md``.
+Each run trains one model on one split with one seed (params.yaml plus the run's overrides) and
+evaluates it on the split's test targets: every seed's NDCG@10, Hit@10, Coverage@10 and TailHit@10
+(with the rest of the metrics) and their means and standard deviations. bertrec is reported with
+its popularity re-ranking (beta chosen on validation by the train stage's code) and without it,
+from the same trained model. SASRec is the `sasrec` baseline (baselines.sasrec). On loo, a paired
+bootstrap over users compares bertrec with SASRec (per-user NDCG@10 averaged over the seeds both
+ran), and the study that found params.yaml's settings is summarised from its database (tune.study).
 
-    python bench/model_table.py                # the full table (about 30 minutes on 2 CPU cores)
-    python bench/model_table.py --quick        # one seed, loo only
+Every run's result is kept under outputs/bench/model_table/, so the table is built in pieces and
+resumed; ``--report`` only rebuilds the JSON, the Markdown and the README section from them.
+
+    python bench/model_table.py                        # every run (about 2 hours on 2 CPU cores)
+    python bench/model_table.py --only sasrec --only bertrec   # some runs (labels start with these)
+    python bench/model_table.py --report               # bench/reports/model_table.{json,md} and the README
 
 Run it after `make run` (it reads data/prepared and data/splits).
 """
@@ -15,58 +23,62 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from bertrec.config import load_params
-from bertrec.data.dataset import load_dataset
-from bertrec.data.split import read_split
-from bertrec.model.scorer import TowerScorer
-from bertrec.model.train import train
-from bertrec.ranking.baselines import make_baselines
-from bertrec.ranking.evaluate import evaluate_split
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results"
-COLUMNS = ("NDCG@10", "Hit@10", "MRR@10", "Coverage@10", "ARP@10", "TailShare@10", "TailHit@10", "Gini@10")
+REPORTS = ROOT / "bench" / "reports"
+RUNS_DIR = ROOT / "outputs" / "bench" / "model_table"
+README = ROOT / "README.md"
+MARK = "<!-- model_table.md -->"
+SHOWN = ("NDCG@10", "Hit@10", "Coverage@10", "TailHit@10", "MRR@10", "ARP@10")
+SEEDS = (2026, 2027, 2028, 2029, 2030)
 # PROTOCOL.md's RecBole references (loo test).
 RECBOLE = {
-    "BPR": {"NDCG@10": 0.0673, "Hit@10": 0.1241, "MRR@10": 0.0502, "Coverage@10": 0.321, "ARP@10": 275.9},
-    "SASRec (10 epochs)": {
-        "NDCG@10": 0.1110,
-        "Hit@10": 0.2206,
-        "MRR@10": 0.0780,
-        "Coverage@10": 0.474,
-        "ARP@10": 171.2,
-    },
-    "GRU4Rec": {"NDCG@10": 0.1061, "Hit@10": 0.2110, "MRR@10": 0.0747, "Coverage@10": 0.503, "ARP@10": 183.0},
+    "RecBole SASRec (PROTOCOL.md)": {"NDCG@10": 0.1110, "Hit@10": 0.2206, "MRR@10": 0.0780, "Coverage@10": 0.474},
+    "RecBole GRU4Rec (PROTOCOL.md)": {"NDCG@10": 0.1061, "Hit@10": 0.2110, "MRR@10": 0.0747, "Coverage@10": 0.503},
+    "RecBole BPR (PROTOCOL.md)": {"NDCG@10": 0.0673, "Hit@10": 0.1241, "MRR@10": 0.0502, "Coverage@10": 0.321},
 }
-# (split, label, overrides, seeds)
+# (label, split, overrides, seeds); "sasrec" trains the baseline, every other label the two-tower model.
 RUNS = [
-    ("loo", "bertrec hybrid + sequence", [], (2026, 2027, 2028)),
-    ("ratio", "bertrec hybrid + sequence", [], (2026,)),
-    ("cold_items", "bertrec hybrid + sequence", [], (2026,)),
-    ("loo", "ablation: item_repr=text", ["model.item_repr=text"], (2026,)),
-    ("cold_items", "ablation: item_repr=text", ["model.item_repr=text"], (2026,)),
-    ("loo", "ablation: item_repr=id", ["model.item_repr=id"], (2026,)),
-    ("cold_items", "ablation: item_repr=id", ["model.item_repr=id"], (2026,)),
-    ("loo", "ablation: user_encoder=text", ["model.user_encoder=text"], (2026,)),
+    ("sasrec", "loo", [], SEEDS),
+    ("bertrec", "loo", [], SEEDS),
+    ("ablation: item_repr=id", "loo", ["model.item_repr=id"], SEEDS[:3]),
+    ("ablation: item_repr=text", "loo", ["model.item_repr=text"], SEEDS[:3]),
+    ("bertrec", "cold_items", [], SEEDS[:2]),
+    ("ablation: item_repr=text", "cold_items", ["model.item_repr=text"], SEEDS[:2]),
+    ("bertrec", "ratio", [], SEEDS[:1]),
 ]
+TARGETS = {"loo": ("test",), "ratio": ("test",), "cold_items": ("test_all", "test_new")}
+# bench/device_paths.py trains through fit() and writes its reports beside the older ones.
+OUT = ROOT / "bench" / "results"
+COLUMNS = ("NDCG@10", "Hit@10", "MRR@10", "Coverage@10", "ARP@10", "TailShare@10", "TailHit@10", "Gini@10")
 
 
-def fit(split_name: str, overrides: list[str], seed: int) -> tuple[dict, TowerScorer]:
-    """Train one model on params.yaml plus ``overrides``; its record (timings, test metrics) and scorer."""
+def slug(*parts) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def fit(split_name: str, overrides: list[str], seed: int):
+    """Train one model on params.yaml plus ``overrides`` (no re-ranking); its record (timings, metrics) and scorer."""
+    from bertrec.config import load_params
+    from bertrec.data.dataset import load_dataset
+    from bertrec.data.split import read_split
+    from bertrec.model.ensemble import train_model
+    from bertrec.ranking.evaluate import evaluate_split
+
     params = load_params(ROOT / "params.yaml", [*overrides, f"train.split={split_name}", f"train.seed={seed}"])
     data = load_dataset(ROOT / params.paths.prepared)
     split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        result = train(params, split, data.items, Path(work))
+        result = train_model(params, split, data.items, Path(work))
     seconds = time.perf_counter() - began
     metrics = evaluate_split([result.scorer], split, data.items, params.eval.ks, params.eval.batch_size)["bertrec"]
     record = {
@@ -82,72 +94,260 @@ def fit(split_name: str, overrides: list[str], seed: int) -> tuple[dict, TowerSc
     return record, result.scorer
 
 
-def run_one(split_name: str, overrides: list[str], seed: int) -> dict:
-    return fit(split_name, overrides, seed)[0]
+def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> list[dict]:
+    """Train and evaluate one (label, split, seed); returns its records (bertrec: with and without re-ranking)."""
+    from bertrec.config import load_params
+    from bertrec.data.dataset import load_dataset
+    from bertrec.data.split import read_split
+    from bertrec.model.ensemble import train_model
+    from bertrec.model.sasrec import SASRec
+    from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, targets, train_set
+    from bertrec.ranking.rerank import choose_beta
+    from bertrec.ranking.significance import per_user
+
+    seed_key = "baselines.sasrec.seed" if label == "sasrec" else "train.seed"
+    params = load_params(ROOT / "params.yaml", [*overrides, f"train.split={split_name}", f"{seed_key}={seed}"])
+    data = load_dataset(ROOT / params.paths.prepared)
+    split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
+    train_data = train_set(split, data.items)
+    reference = reference_of(train_data)
+    began = time.perf_counter()
+    if label == "sasrec":
+        scorer = SASRec(params).fit_split(split, data.items)
+        best_epoch, beta, variants = scorer.best_epoch, None, [("sasrec", scorer, None)]
+    else:
+        with tempfile.TemporaryDirectory() as work:
+            result = train_model(params, split, data.items, Path(work))
+        scorer, best_epoch = result.scorer, result.best_epoch
+        valid = build_cases(split, "valid").sample(params.train.valid_users, params.train.seed)
+        beta = choose_beta(scorer, valid, reference, params.rerank, params.eval.batch_size).beta
+        penalty = scorer.penalty
+        variants = [(label, scorer, penalty), (f"{label} (no re-ranking)", scorer, None)]
+    seconds = time.perf_counter() - began
+    records = []
+    for name, model, penalty in variants:
+        if hasattr(model, "penalty"):
+            model.penalty = penalty
+        metrics, users = {}, {}
+        for target in targets(split):
+            if target == "valid":
+                continue
+            cases = build_cases(split, target)
+            evaluation = evaluate(model, cases, reference, params.eval.ks, params.eval.batch_size)
+            metrics[target] = evaluation.metrics
+            users[target] = per_user(evaluation.topk, cases.positives, 10)["NDCG@10"].tolist()
+        records.append(
+            {
+                "label": name,
+                "split": split_name,
+                "overrides": overrides,
+                "seed": seed,
+                "rerank_beta": beta if penalty is not None else 0.0,
+                "train_seconds": round(seconds, 1),
+                "best_epoch": best_epoch,
+                "metrics": metrics,
+                "user_ndcg": users,
+            }
+        )
+    return records
 
 
-def mean_metrics(runs: list[dict], target: str) -> dict[str, float]:
-    return {k: statistics.mean(r["metrics"][target][k] for r in runs) for k in runs[0]["metrics"][target]}
+def baselines(split_name: str) -> list[dict]:
+    """popular, itemknn and text-zero-shot (deterministic: one run each) on ``split_name``."""
+    from bertrec.config import load_params
+    from bertrec.data.dataset import load_dataset
+    from bertrec.data.split import read_split
+    from bertrec.ranking.baselines import make_baselines
+    from bertrec.ranking.evaluate import evaluate_split
+
+    params = load_params(ROOT / "params.yaml", ["baselines.models=[popular, itemknn, text-zero-shot]"])
+    data = load_dataset(ROOT / params.paths.prepared)
+    split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
+    results = evaluate_split(make_baselines(params), split, data.items, params.eval.ks, params.eval.batch_size)
+    return [
+        {"label": name, "split": split_name, "seed": None, "metrics": {t: m for t, m in by.items() if t != "valid"}}
+        for name, by in results.items()
+    ]
 
 
-def row(label: str, values: dict[str, float]) -> str:
-    cells = [f"{values[c]:.1f}" if c.startswith("ARP") else f"{values[c]:.4f}" if c in values else "" for c in COLUMNS]
-    return "| " + " | ".join([label, *cells]) + " |"
+def collect() -> list[dict]:
+    records = []
+    for path in sorted(RUNS_DIR.glob("*.json")):
+        records += json.loads(path.read_text())
+    return records
 
 
-def markdown(results: dict) -> str:
+def summarise(records: list[dict]) -> list[dict]:
+    """Per (label, split, target): each seed's shown metrics, their means and standard deviations."""
+    rows: dict[tuple, dict] = {}
+    for record in records:
+        for target, metrics in record["metrics"].items():
+            key = (record["label"], record["split"], target)
+            row = rows.setdefault(key, {"model": key[0], "split": key[1], "target": key[2], "seeds": []})
+            row["seeds"].append(
+                {"seed": record["seed"], "rerank_beta": record.get("rerank_beta")}
+                | {m: metrics[m] for m in SHOWN if m in metrics}
+            )
+    for row in rows.values():
+        for metric in SHOWN:
+            values = [s[metric] for s in row["seeds"] if metric in s]
+            row[f"mean {metric}"] = statistics.mean(values)
+            row[f"std {metric}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return list(rows.values())
+
+
+def bootstrap(records: list[dict], a: str, b: str) -> dict | None:
+    """Paired bootstrap over loo test users of ``a`` against ``b`` (per-user NDCG@10 averaged over common seeds)."""
+    from bertrec.ranking.significance import paired_bootstrap
+
+    def users(label: str) -> dict[int, np.ndarray]:
+        return {
+            r["seed"]: np.asarray(r["user_ndcg"]["test"])
+            for r in records
+            if r["label"] == label and r["split"] == "loo" and "user_ndcg" in r
+        }
+
+    mine, theirs = users(a), users(b)
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    result = paired_bootstrap(
+        np.mean([mine[s] for s in seeds], axis=0), np.mean([theirs[s] for s in seeds], axis=0), seed=0
+    )
+    return {"a": a, "b": b, "metric": "loo/test/NDCG@10", "seeds": seeds} | result.to_dict()
+
+
+def study_summary() -> dict | None:
+    """The study of params.yaml's tune section, from its database: trials by state, the best trial."""
+    from bertrec.config import load_params
+    from bertrec.mlops.tune import PARENT_RUN_ATTR, open_storage, storage_url
+
+    params = load_params(ROOT / "params.yaml")
+    try:
+        import optuna
+
+        storage = open_storage(storage_url(params))
+        study = optuna.load_study(study_name=params.tune.study, storage=storage)
+    except Exception as exc:  # no study yet: the table says so
+        print(f"no study summary: {exc}", file=sys.stderr)
+        return None
+    states: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    best = study.best_trial if states.get("COMPLETE") else None
+    return {
+        "study": params.tune.study,
+        "parent_run": f"tune-{params.tune.study}",
+        "parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR),
+        "trials": states,
+        "best_value": best.value if best else None,
+        "best_params": best.params if best else {},
+        "best_trial": best.number if best else None,
+        "best_rerank_beta": best.user_attrs.get("rerank_beta") if best else None,
+        "best_valid_coverage_at_10": best.user_attrs.get("valid_coverage_at_10") if best else None,
+    }
+
+
+def cell(row: dict, metric: str) -> str:
+    mean, std = row[f"mean {metric}"], row[f"std {metric}"]
+    text = f"{mean:.1f}" if metric.startswith("ARP") else f"{mean:.4f}"
+    return text + (f" ± {std:.4f}" if len(row["seeds"]) > 1 and not metric.startswith("ARP") else "")
+
+
+def markdown(report: dict) -> str:
     lines = []
-    for split_name, targets in (("loo", ["test"]), ("ratio", ["test"]), ("cold_items", ["test_all", "test_new"])):
+    for split_name, targets in TARGETS.items():
         for target in targets:
+            rows = [r for r in report["rows"] if r["split"] == split_name and r["target"] == target]
+            if not rows:
+                continue
             lines += [
-                f"\n**{split_name} · {target}**\n",
-                "| model | " + " | ".join(COLUMNS) + " |",
-                "|---" * (len(COLUMNS) + 1) + "|",
+                f"\n**{split_name} · {target}** (mean ± standard deviation over seeds)\n",
+                "| model | seeds | " + " | ".join(SHOWN) + " |",
+                "|---|---" + "|---" * len(SHOWN) + "|",
             ]
-            for label, runs in results["runs"].items():
-                mine = [r for r in runs if r["split"] == split_name]
-                if mine:
-                    seeds = f" ({len(mine)} seeds)" if len(mine) > 1 else ""
-                    lines.append(row(label + seeds, mean_metrics(mine, target)))
-            for name, by_target in results["baselines"].get(split_name, {}).items():
-                lines.append(row(name, by_target[target]))
+            for row in rows:
+                seeds = str(len(row["seeds"])) if row["seeds"][0]["seed"] is not None else "-"
+                lines.append("| " + " | ".join([row["model"], seeds, *[cell(row, m) for m in SHOWN]]) + " |")
             if split_name == "loo":
-                lines += [row(f"RecBole {name} (PROTOCOL.md)", values) for name, values in RECBOLE.items()]
-    return "\n".join(lines) + "\n"
+                for name, values in RECBOLE.items():
+                    cells = [f"{values[m]:.4f}" if m in values else "" for m in SHOWN]
+                    lines.append("| " + " | ".join([name, "-", *cells]) + " |")
+    test = report.get("bootstrap")
+    if test:
+        lines.append(
+            f"\nPaired bootstrap over the {len(test['seeds'])} common seeds' "
+            f"loo test users ({test['resamples']} resamples): {test['a']} - {test['b']} NDCG@10 = "
+            f"{test['difference']:+.4f} ({test['relative']:+.1%}), {test['level']:.0%} interval "
+            f"[{test['low']:+.4f}, {test['high']:+.4f}]."
+        )
+    study = report.get("study")
+    if study:
+        trials = ", ".join(f"{n} {s.lower()}" for s, n in sorted(study["trials"].items()))
+        best = ", ".join(
+            f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`" for k, v in study["best_params"].items()
+        )
+        lines.append(
+            f"\nStudy `{study['study']}` (MLflow parent run `{study['parent_run']}`): {trials}; best trial "
+            f"{study['best_trial']}, validation NDCG@10 after re-ranking {study['best_value']:.4f} "
+            f"(beta {study['best_rerank_beta']}, validation Coverage@10 "
+            f"{study['best_valid_coverage_at_10']:.3f}): {best}."
+        )
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_report() -> dict:
+    records = collect()
+    for split_name in TARGETS:
+        if any(r["split"] == split_name for r in records) and not (RUNS_DIR / f"baselines-{split_name}.json").exists():
+            (RUNS_DIR / f"baselines-{split_name}.json").write_text(json.dumps(baselines(split_name)))
+    records = collect()
+    import torch
+
+    report = {
+        "machine": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "seeds": list(SEEDS),
+        "rows": summarise(records),
+        "bootstrap": bootstrap(records, "bertrec", "sasrec"),
+        "study": study_summary(),
+    }
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "model_table.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (REPORTS / "model_table.md").write_text(table)
+    text = README.read_text()
+    if text.count(MARK) == 2:
+        head, _, tail = text.split(MARK)
+        README.write_text(f"{head}{MARK}\n{table}{MARK}{tail}")
+    print(table)
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed of the default model on loo only")
+    parser.add_argument("--only", action="append", default=[], help="runs whose label starts with this (repeatable)")
+    parser.add_argument("--split", action="append", default=[], help="runs on this split only (repeatable)")
+    parser.add_argument("--report", action="store_true", help="only rebuild the report from the kept runs")
     args = parser.parse_args()
-    runs = RUNS[:1] if args.quick else RUNS
-    params = load_params(ROOT / "params.yaml")
-    data = load_dataset(ROOT / params.paths.prepared)
-    results: dict = {
-        "machine": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "cuda": torch.cuda.is_available(),
-        },
-        "runs": {},
-        "baselines": {},
-    }
-    for split_name in sorted({s for s, *_ in runs}):
-        split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
-        results["baselines"][split_name] = evaluate_split(
-            make_baselines(params), split, data.items, params.eval.ks, params.eval.batch_size
-        )
-    for split_name, label, overrides, seeds in runs:
-        for seed in seeds[:1] if args.quick else seeds:
-            print(f"{label} · {split_name} · seed {seed}", flush=True)
-            results["runs"].setdefault(label, []).append(run_one(split_name, overrides, seed))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "model_table.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (OUT / "model_table.md").write_text(table)
-    print(table)
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for label, split_name, overrides, seeds in RUNS:
+            if args.only and not any(label.startswith(o) for o in args.only):
+                continue
+            if args.split and split_name not in args.split:
+                continue
+            for seed in seeds:
+                path = RUNS_DIR / f"{slug(label, split_name, seed)}.json"
+                if path.exists():
+                    continue
+                print(f"{label} · {split_name} · seed {seed}", flush=True)
+                path.write_text(json.dumps(run_one(label, split_name, overrides, seed)))
+    write_report()
 
 
 if __name__ == "__main__":

@@ -115,7 +115,10 @@ def split(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, name: SplitsO
 
 @command(app.command())
 def baselines(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, name: SplitsOpt = None) -> None:
-    """Evaluate every baseline on the splits (default: eval.splits); write metrics/baselines.json, print tables."""
+    """Evaluate every baseline on the splits (default: eval.splits); write metrics/baselines.json, print tables.
+
+    sasrec trains (a few minutes on CPU for ml-100k), on baselines.sasrec.splits only.
+    """
     from bertrec.steps import baselines as step
 
     typer.echo(step.run(read_params(params, set_), name).summary())
@@ -130,6 +133,7 @@ def train(
     """Fine-tune the two-tower model on a split's training data; write the bundle's model/ part.
 
     Checkpoints go to <bundle>/checkpoints after every epoch; an interrupted run resumes from the last.
+    Then the popularity re-ranking's beta is chosen on the validation users (rerank.*) and saved with it.
     """
     from bertrec.steps import train as step
 

@@ -81,6 +81,28 @@ def test_recommend_matches_full_scoring(bundle):
     assert [p.item_id for p in recommender.recommend(history, k=5)] == expected
 
 
+def test_reranked_recommendations_match_penalised_full_scoring(bundle):
+    # Given a popularity penalty that reorders the lists (strong on every third item)
+    path, _, _, _ = bundle
+    recommender = Recommender(path)
+    from bertrec.ranking.rerank import popularity_penalty
+    from bertrec.ranking.scoring import Histories
+
+    histories = [["10", "11", "12"], ["3", "4"], ["40", "41", "42", "43", "44"]]
+    plain = [[p.item_id for p in r] for r in recommender.recommend_batch(histories, k=10)]
+    counts = np.where(np.arange(len(recommender.item_ids)) % 3 == 0, 1000, 0)
+    recommender.scorer.penalty = popularity_penalty(counts, 2.0)
+    # When the served model answers (the index search deepens until its top 10 are certain)
+    served = recommender.recommend_batch(histories, k=10)
+    # Then each list is the full, penalised scoring's, and the penalty changed them
+    for history, answer in zip(histories, served, strict=True):
+        rows = recommender.to_indices(history)
+        scores = recommender.scorer.score(Histories(np.array([0, len(rows)]), rows))[0]
+        scores[rows] = -np.inf
+        assert [p.item_id for p in answer] == [recommender.item_ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
+    assert [[p.item_id for p in r] for r in served] != plain
+
+
 def test_unknown_history_item_is_named(bundle):
     recommender = Recommender(bundle[0])
     with pytest.raises(UnknownItemError, match="'nope'"):
