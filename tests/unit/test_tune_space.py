@@ -1,4 +1,4 @@
-"""The search space and the study's storage of `bertrec tune` (the study itself: tests/integration/test_tune_flow.py)."""
+"""The search space and the study storage of `bertrec tune` (the study itself: tests/integration/test_tune_flow.py)."""
 
 from __future__ import annotations
 
