@@ -211,7 +211,7 @@ class TuneParams(_Section):
     timeout_minutes: float | None = Field(None, gt=0)
     seed: int = 2026
     startup_trials: int = Field(5, ge=0)
-    warmup_epochs: int = Field(5, ge=0)
+    warmup_epochs: int = Field(10, ge=0)
     # section -> param -> [choices] | {low, high, log}; sections as in params.yaml (nested, so that
     # `--set tune.space.train.lr=...` and the Prefect form address one dimension)
     space: dict[Literal["model", "train", "rerank"], dict[str, SpaceRange | list[Any]]] = Field(

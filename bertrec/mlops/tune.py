@@ -215,9 +215,13 @@ def run_trial(trial, p: Params, values: dict[str, Any], split, items, client, pa
     log_batch(client, run_id, params=values)
     trial.set_user_attr("mlflow_run_id", run_id)
 
+    best = [0.0]
+
     def on_epoch_end(entry) -> None:
         log_batch(client, run_id, curves=curve_entries([entry.__dict__]))
-        trial.report(entry.valid[PRIMARY], entry.epoch)
+        # The best so far is reported: early stopping keeps it, and a dip is no reason to prune.
+        best[0] = max(best[0], entry.valid[PRIMARY])
+        trial.report(best[0], entry.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"epoch {entry.epoch}: valid NDCG@10 {entry.valid[PRIMARY]:.4f}")
 

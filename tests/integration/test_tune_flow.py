@@ -25,7 +25,7 @@ def test_the_tune_flow_runs_one_study_on_two_workers(project_copy, prefect_api, 
     params["tune"]["space"] = {"model": {"dim": [8, 16]}, "train": {"lr": {"low": 0.001, "high": 0.01, "log": True}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     overrides = {
-        "train": {"epochs": 3},
+        "train": {"epochs": 2},
         "tune": {
             "study": "flow-study",
             "storage": postgres_uris["mlflow"],  # the database of the MLflow server's store

@@ -60,7 +60,7 @@ def test_sasrec_is_a_baseline_that_learns_the_next_item(make_params):
         "baselines.sasrec.dropout=0.0",
         "baselines.sasrec.lr=0.01",
         "baselines.sasrec.batch_size=16",
-        "baselines.sasrec.epochs=15",
+        "baselines.sasrec.epochs=10",
     )
     popular, sasrec = make_baselines(params)
     # When it is fitted on the split (early-stopping on its validation part) and evaluated on test
