@@ -165,6 +165,7 @@ class Recommender:
         longest = max((len(h) for h in histories), default=0)
         n_items, temperature = len(self.item_ids), self.scorer.model.config.temperature
         penalty = self.scorer.penalty
+        least = float(penalty.min()) if penalty is not None else 0.0  # the smallest penalty of an unseen item
         depth = min(n_items, k + (longest if exclude_history else 0))
         exclude = [set(self.to_indices(h).tolist()) if exclude_history else set() for h in histories]
         results: list[list[Recommendation] | None] = [None] * len(histories)
@@ -179,7 +180,7 @@ class Recommender:
                     if i >= 0 and int(i) not in exclude[row]
                 ]
                 picked.sort(key=lambda pair: (-pair[0], pair[1]))
-                bound = float(row_scores[-1]) / temperature - (float(penalty.min()) if penalty is not None else 0.0)
+                bound = float(row_scores[-1]) / temperature - least
                 exact = penalty is None or depth >= n_items or (len(picked) >= k and picked[k - 1][0] > bound)
                 if exact:
                     rows = self.to_indices(histories[row])
