@@ -132,6 +132,8 @@ def train(
 ) -> None:
     """Fine-tune the two-tower model on a split's training data; write the bundle's model/ part.
 
+    Training starts where train.init says: scratch, the registry's champion (warm start; scratch when
+    there is none yet) or a bundle folder; metrics/train.json records which, the epochs and the seconds.
     Checkpoints go to <bundle>/checkpoints after every epoch; an interrupted run resumes from the last.
     Then the popularity re-ranking's beta is chosen on the validation users (rerank.*) and saved with it.
     """

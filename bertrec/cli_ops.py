@@ -1,4 +1,4 @@
-"""The operations of the `bertrec` command line: recommend, the registry, serving, the local stack, the replay, synth.
+"""The operations of the `bertrec` command line: recommend, registry, catalogue, serve, stack, replay, synth.
 
 Imported by :mod:`bertrec.cli`, whose app, options and error mapping these commands share.
 """
@@ -25,6 +25,9 @@ from bertrec.cli import (
 )
 from bertrec.errors import ConfigError, UnknownUserError
 from bertrec.mlops.stack import STOP_TIMEOUT_S
+
+catalogue_app = typer.Typer(help="The champion's catalogue: add items without retraining.", no_args_is_help=True)
+app.add_typer(catalogue_app, name="catalogue")
 
 
 @command(app.command())
@@ -73,13 +76,14 @@ def replay(
         int | None, typer.Option("--steps", help="At most this many steps (default: until the log ends).")
     ] = None,
     retrain_every: Annotated[
-        int, typer.Option("--retrain-every", help="Retrain after this many steps without drift.")
-    ] = 4,
+        int | None,
+        typer.Option("--retrain-every", help="Also retrain after this many steps without retraining (default: never)."),
+    ] = None,
     workdir: Annotated[
         Path, typer.Option("--workdir", help="The replay's own git + DVC + MLflow workspace (must not exist).")
     ] = Path("outputs/replay"),
 ) -> None:
-    """Replay the log's timeline: each step adds the next window of data, checks drift, retrains on drift or schedule.
+    """Replay the log's timeline: each step adds the next window of data, checks drift, retrains by retrain.policy.
 
     Runs the DVC stages in a workspace of its own (a git commit per step, a SQLite MLflow registry
     inside it); prints a row per step and writes replay.json and replay.md there.
@@ -136,16 +140,55 @@ def serve(
     alias: Annotated[str, typer.Option("--alias", help="The registry alias to serve.")] = "champion",
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
+    poll: Annotated[
+        float | None,
+        typer.Option(
+            "--poll",
+            min=0,
+            help="Seconds between looks at the alias; a new version replaces the served one without a pause "
+            "(default: serving.poll_seconds). 0: `mlflow models serve` of the version named at start.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve models:/<registered_model>@<alias> with `mlflow models serve` (POST /invocations)."""
-    from bertrec.mlops.stack import serve as run_server
-
+    """Serve models:/<registered_model>@<alias> (MLflow's scoring protocol: POST /invocations), following the alias."""
     p = read_params(params, set_)
+    poll = p.serving.poll_seconds if poll is None else poll
+    following = f", following the alias every {poll:g}s" if poll > 0 else ""
     typer.echo(
         f"serving models:/{p.mlflow.registered_model}@{alias} from {p.mlflow.tracking_uri} "
-        f"on http://{host}:{port}/invocations"
+        f"on http://{host}:{port}/invocations{following}"
     )
-    run_server(p, alias, host, port)
+    if poll > 0:
+        from bertrec.serve.live import serve as serve_live
+
+        serve_live(p, alias, host, port, poll)
+    else:
+        from bertrec.mlops.stack import serve as run_server
+
+        run_server(p, alias, host, port)
+
+
+@command(catalogue_app.command("add"))
+def catalogue_add(
+    items_file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV/TSV or Parquet: data.columns.item_id, and text (or the fields of data.text_template); "
+            "optional title."
+        ),
+    ],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+) -> None:
+    """Add new items to the champion without retraining: a new version, promoted when the guardrail holds.
+
+    The items are placed from their text by the champion's item tower (weights unchanged); the new
+    version is gated by catalogue.guardrail (the cold-item Hit@10, each version ranking its whole
+    catalogue) and promoted under the registry lock. Bad input changes nothing in the registry.
+    """
+    from bertrec.mlops.catalogue import update_catalogue
+
+    typer.echo(update_catalogue(read_params(params, set_), items_file).summary())
 
 
 @command(stack_app.command("up"))

@@ -23,8 +23,10 @@ DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("loo", "ratio", "cold_items")
 BASELINES = ("popular", "itemknn", "text-zero-shot", "sasrec")
+# The cold-item guardrail: new items ranked among the whole catalogue (the gate's, and a catalogue update's).
+COLD_GUARDRAIL = "cold_items/test_all/Hit@10"
 # Metrics that may not drop by more than this share of the champion's value for a challenger to win.
-DEFAULT_GUARDRAILS = {"loo/test/Coverage@10": 0.05, "loo/test/TailHit@10": 0.05, "cold_items/test_all/Hit@10": 0.05}
+DEFAULT_GUARDRAILS = {"loo/test/Coverage@10": 0.05, "loo/test/TailHit@10": 0.05, COLD_GUARDRAIL: 0.05}
 
 
 class _Section(BaseModel):
@@ -186,6 +188,11 @@ class TrainParams(_Section):
     seed: int = 2026
     device: str = "auto"
     text_user_positions: int = Field(10, gt=0)
+    # Warm start (bertrec.model.warm): scratch | champion (the registry's; scratch when there is none) | a bundle folder
+    init: str = Field("scratch", min_length=1)
+    warm_epochs: int = Field(10, gt=0)  # a warm start's upper bound of epochs (instead of epochs)
+    warm_patience: int = Field(2, gt=0)  # and its patience
+    warm_lr_factor: float = Field(1.0, gt=0.0)  # its learning rates: lr and encoder_lr times this
 
 
 class SpaceRange(_Section):
@@ -255,6 +262,8 @@ class MlflowParams(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "bertrec"
     registered_model: str = "bertrec"
+    # a frozen encoder is stored once in MLflow and versions reference it (bertrec.mlops.encoders)
+    share_encoder: bool = True
 
 
 METRIC_KEY = re.compile(r"^(loo|ratio|cold_items)/(valid|test|test_all|test_new)/[A-Za-z]+@\d+$")
@@ -280,6 +289,25 @@ class PromotionParams(_Section):
         return self
 
 
+class CatalogueParams(_Section):
+    """A catalogue update (bertrec.mlops.catalogue): new items placed from their text, the weights unchanged."""
+
+    guardrail: str = COLD_GUARDRAIL
+    max_drop: float = Field(DEFAULT_GUARDRAILS[COLD_GUARDRAIL], ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _metric_key(self) -> CatalogueParams:
+        if not METRIC_KEY.match(self.guardrail):
+            raise ValueError(f"metric {self.guardrail!r} is not of the form split/target/Metric@K")
+        return self
+
+
+class ServingParams(_Section):
+    """`bertrec serve` (bertrec.serve.live): how often the served alias is looked up."""
+
+    poll_seconds: float = Field(30.0, ge=0.0)
+
+
 class DriftParams(_Section):
     """Thresholds of the drift checks (bertrec.mlops.drift.checks)."""
 
@@ -295,6 +323,24 @@ class DriftParams(_Section):
     min_rows: int = Field(200, gt=0)
     min_new_items: int = Field(20, ge=2)
     training_deployment: str = "training-pipeline/weekly"
+    # Calibration (bertrec.mlops.drift.calibrate): the null of each statistic, from the champion's data.
+    window_days: float | None = Field(7.0, gt=0.0)
+    false_alarm_rate: float = Field(0.05, gt=0.0, lt=1.0)
+    calibration_periods: int = Field(8, ge=2)
+    min_null: int = Field(4, ge=2)
+    resamples: int = Field(8, ge=2)
+    num_stattest: Literal["wasserstein", "hellinger", "jensenshannon", "kl_div", "psi", "ed"] = "wasserstein"
+    # The quality signal (bertrec.mlops.drift.decay): the champion on its returning users' next items.
+    decay_level: float = Field(0.95, gt=0.5, lt=1.0)
+    decay_resamples: int = Field(2000, ge=100)
+    decay_min_users: int = Field(30, ge=2)
+    decay_baseline_checks: int = Field(2, ge=1)
+
+
+class RetrainParams(_Section):
+    """When the monitor retrains (bertrec.mlops.drift.policy)."""
+
+    policy: Literal["drift", "drift_and_decay", "decay", "schedule"] = "drift"
 
 
 class ComputeParams(_Section):
@@ -333,7 +379,10 @@ class Params(_Section):
     index: IndexParams = IndexParams()
     mlflow: MlflowParams = MlflowParams()
     promotion: PromotionParams = PromotionParams()
+    catalogue: CatalogueParams = CatalogueParams()
+    serving: ServingParams = ServingParams()
     drift: DriftParams = DriftParams()
+    retrain: RetrainParams = RetrainParams()
     compute: ComputeParams = ComputeParams()
 
     def flat(self) -> dict[str, Any]:

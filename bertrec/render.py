@@ -95,6 +95,15 @@ def verdict_table(payload: dict[str, Any]) -> str:
             f"(Evidently {theirs[f'NDCG@{k}']:.4f}), Hit@{k} {ours[f'Hit@{k}']:.4f} "
             f"(Evidently {theirs[f'Hit@{k}']:.4f}): {agree}"
         )
+    decay = payload.get("decay")
+    if decay:
+        lines.append(f"\nquality ({decay['users']} returning users, next item): {decay['reason']}")
+    if payload.get("legacy"):
+        old = "yes" if payload["legacy"]["drift"] else "no"
+        lines.append(f"\nuncalibrated rule (per-row features, Evidently's thresholds): drift {old}")
+    if payload.get("retrain"):
+        decision = payload["retrain"]
+        lines.append(f"\n**retrain: {'yes' if decision['retrain'] else 'no'}**: {decision['reason']}")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +129,10 @@ def replay_table(rows: list, checks: tuple[str, ...]) -> str:
         "new rows",
         *(f"drift: {c}" for c in checks),
         "drift",
-        "champion NDCG@10 on new rows",
+        "decay",
+        "old rule",
+        "planted",
+        "champion NDCG@10 on next items",
         "retrained",
         "champion",
         "champion loo NDCG@10",
@@ -139,7 +151,10 @@ def replay_table(rows: list, checks: tuple[str, ...]) -> str:
             "" if r.new_rows is None else str(r.new_rows),
             *(mark(r.drift.get(c)) for c in checks),
             mark(r.drift_any),
-            number(r.quality_ndcg),
+            mark(r.decay),
+            mark(r.legacy_drift),
+            "yes" if r.planted else "",
+            number(r.champion_ndcg_new),
             retrained,
             f"v{r.champion}" if r.champion else "none",
             number(r.champion_ndcg),

@@ -1,10 +1,12 @@
-"""The drift monitor as a Prefect flow: refresh the data, check it against the champion, retrain on drift.
+"""The drift monitor as a Prefect flow: refresh the data, check it against the champion, retrain by policy.
 
 ``drift_monitor`` runs the DVC stages ``fetch`` and ``prepare`` (the newest data, as of
-``data.window``), then ``drift`` (`bertrec drift`: Evidently's reports and a verdict, logged to an
-MLflow run). It publishes the verdict as a markdown artifact and a link to the reports, and when
-the verdict says drift it starts a run of the training deployment (``drift.training_deployment``)
-without waiting for it: the training pipeline has its own concurrency limit and gate.
+``data.window``), then ``drift`` (`bertrec drift`: the calibrated checks, the quality signal, Evidently's
+reports and a verdict, logged to an MLflow run); fetch and drift are forced, the champion being outside
+DVC's view. It publishes the verdict as a markdown artifact and a link to the reports, and when the
+retrain policy (``retrain.policy``; the decision and its reason are in the verdict) says so, it starts
+a run of the training deployment (``drift.training_deployment``) without waiting for it: the training
+pipeline has its own concurrency limit and gate.
 
 Run locally: ``python -m flows.monitoring`` (the training deployment must exist on the server).
 """
@@ -20,11 +22,11 @@ from prefect.deployments import run_deployment
 
 from bertrec.config import DEFAULT_PARAMS, load_params
 from bertrec.mlops.drift.checks import VERDICT_FILE
-from bertrec.mlops.drift.monitor import DRIFT_DIR, RUN_FILE
+from bertrec.mlops.drift.monitor import DRIFT_DIR, RETRAIN, RUN_FILE
 from bertrec.render import verdict_table
 from flows.common import enter_project, run_tags
 from flows.overrides import ParamsOverrides
-from tasks.stages import stage_task
+from tasks.stages import MONITOR_FORCED, stage_task
 
 DATA_STAGES = ("fetch", "prepare")
 DRIFT_STAGE = "drift"
@@ -45,19 +47,21 @@ def drift_monitor(
     project, sets = enter_project(project_dir, overrides)
     env = {"BERTREC_RUN_TAGS": json.dumps(run_tags(sets))}
     for stage in (*DATA_STAGES, DRIFT_STAGE):
-        stage_task(stage)(project, stage, env)
+        stage_task(stage)(project, stage, env, force=stage in MONITOR_FORCED)
     p = load_params(project / DEFAULT_PARAMS)
     folder = project / p.paths.outputs / DRIFT_DIR
     payload = json.loads((folder / VERDICT_FILE).read_text())
     mlflow_run = json.loads((folder / RUN_FILE).read_text())
     started = None
-    if payload["drift"]:
+    decision = payload[RETRAIN]  # the retrain policy's decision (bertrec.mlops.drift.policy), with its reason
+    if decision["retrain"]:
         deployment = training_deployment or p.drift.training_deployment
-        run = run_deployment(deployment, timeout=0, tags=["drift"], idempotency_key=f"drift-{runtime.flow_run.id}")
+        tags = ["drift", f"retrain.policy={decision['policy']}"]
+        run = run_deployment(deployment, timeout=0, tags=tags, idempotency_key=f"drift-{runtime.flow_run.id}")
         started = {"deployment": deployment, "flow_run_id": str(run.id), "flow_run_name": run.name}
-        logger.info("drift found: started %s as flow run %s", deployment, run.name)
+        logger.info("%s: started %s as flow run %s", decision["reason"], deployment, run.name)
     else:
-        logger.info("no drift (%s): nothing started", payload["status"])
+        logger.info("%s (%s): nothing started", decision["reason"], payload["status"])
     trigger = (
         f"\n\nstarted **{started['deployment']}**: flow run `{started['flow_run_name']}`"
         if started
@@ -72,6 +76,8 @@ def drift_monitor(
     create_link_artifact(report, link_text=f"drift reports (MLflow run {mlflow_run['run_id']})", key="drift-report")
     return {
         "drift": payload["drift"],
+        "decay": payload.get("decay", {}).get("decay", False),
+        "retrain": decision,
         "status": payload["status"],
         "mlflow_run_id": mlflow_run["run_id"],
         "training": started,

@@ -28,6 +28,7 @@ from flows.common import enter_project, run_tags
 from flows.overrides import ParamsOverrides
 from tasks.stages import (
     LOCK_FILE,
+    TRAINING_FORCED,
     StageRun,
     is_current,
     outputs_of,
@@ -62,7 +63,7 @@ def training_pipeline(
         if stage == TRAIN_STAGE and gpu_deployment:
             runs.append(_train_elsewhere(project, gpu_deployment))
             continue
-        runs.append(stage_task(stage)(project, stage, env))
+        runs.append(stage_task(stage)(project, stage, env, force=stage in TRAINING_FORCED))
     p = load_params(project / DEFAULT_PARAMS)
     result = json.loads((project / p.paths.metrics / REGISTER_FILE).read_text())
     ran = [r.stage for r in runs if r.ran]

@@ -24,7 +24,10 @@ LOCK_FILE = "dvc.lock"
 RETRIES = {"fetch": 3}
 TIMEOUTS_S = {"train": 6 * 3600, "baselines": 3600, "evaluate": 3600, "register": 3600}
 DEFAULT_TIMEOUT_S = 1800
-MONITOR_STAGES = ("drift",)  # run by the drift_monitor flow, not by the training pipeline
+# Stages the flows always run (`dvc repro --force`): fetch notices a new snapshot of the data; the
+# drift monitor's check depends on the registry's champion, which DVC does not see.
+TRAINING_FORCED = ("fetch",)
+MONITOR_FORCED = ("fetch", "drift")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,9 @@ def declared(project: Path) -> dict:
 
 
 def stages(project: Path) -> list[str]:
-    """The training pipeline's stages in order: every stage of dvc.yaml but the monitoring ones."""
-    return [name for name in declared(project) if name not in MONITOR_STAGES]
+    """The training pipeline's stages in order: every stage of dvc.yaml (drift, the check of the newest
+    data against the champion, comes before register)."""
+    return list(declared(project))
 
 
 def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
@@ -81,10 +85,10 @@ def stream(project: Path, program: str, *args: str, env: dict[str, str] | None =
 
 
 @task(task_run_name="stage {stage}", retries=0)
-def run_stage(project: Path, stage: str, env: dict[str, str] | None = None) -> StageRun:
-    """``dvc repro --single-item <stage>``: runs the stage when its deps or params changed."""
+def run_stage(project: Path, stage: str, env: dict[str, str] | None = None, force: bool = False) -> StageRun:
+    """``dvc repro --single-item <stage>``: runs the stage when its deps or params changed (``force``: always)."""
     began = time.monotonic()
-    lines = dvc(project, "repro", "--single-item", stage, env=env)
+    lines = dvc(project, "repro", "--single-item", *(["--force"] if force else []), stage, env=env)
     skipped = any("didn't change, skipping" in line for line in lines)
     return StageRun(stage, not skipped, time.monotonic() - began)
 

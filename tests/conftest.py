@@ -26,6 +26,16 @@ def paths_under(root: Path) -> list[str]:
     return [f"paths.{name}={root / name}" for name in PathsParams.model_fields]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def encoder_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Shared encoders that tests load go to a folder of the session (BERTREC_ENCODER_CACHE), not ~/.cache."""
+    from bertrec.model.layout import ENCODER_CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENCODER_CACHE_ENV, str(tmp_path_factory.mktemp("encoder-cache")))
+        yield Path(os.environ[ENCODER_CACHE_ENV])
+
+
 @pytest.fixture
 def make_params(tmp_path: Path):
     """Build Params from defaults plus overrides, with all paths inside tmp_path."""

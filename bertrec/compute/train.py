@@ -28,7 +28,7 @@ from bertrec.compute.engine import RayEngine
 from bertrec.config import Params
 from bertrec.data.split import Split
 from bertrec.model.replicas import Replicas
-from bertrec.model.scorer import build_towers
+from bertrec.model.scorer import TowerScorer, build_towers
 from bertrec.model.train import CHECKPOINTS, EpochLog, TrainResult, run_fingerprint
 from bertrec.model.train import train as fit
 
@@ -77,15 +77,26 @@ def _worker(config: dict) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def train_on_ray(params: Params, split: Split, items: pd.DataFrame, work_dir: Path, engine: RayEngine) -> TrainResult:
-    """:func:`bertrec.model.train.train` as a Ray Train run of ``compute.workers`` DDP workers."""
+def train_on_ray(
+    params: Params,
+    split: Split,
+    items: pd.DataFrame,
+    work_dir: Path,
+    engine: RayEngine,
+    scorer: TowerScorer | None = None,
+) -> TrainResult:
+    """:func:`bertrec.model.train.train` as a Ray Train run of ``compute.workers`` DDP workers.
+
+    ``scorer``: the model to start from (a warm start); default: a fresh one, seeded as a local run.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     c = params.compute
-    torch.manual_seed(params.train.seed)
-    scorer = build_towers(params, split, items, engine)  # seeded as a local run: the same initial weights
+    if scorer is None:
+        torch.manual_seed(params.train.seed)
+        scorer = build_towers(params, split, items, engine)  # seeded as a local run: the same initial weights
     gpu = c.gpus_per_worker > 0
     resources = {"CPU": c.cpus_per_worker} | ({"GPU": c.gpus_per_worker} if gpu else {})
     fingerprint = run_fingerprint(params, split)

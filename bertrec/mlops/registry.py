@@ -2,14 +2,17 @@
 
 One registered model (``mlflow.registered_model``) whose versions are pyfunc models carrying the
 whole bundle (encoder, towers, embeddings, FAISS index, item table), so a model is never served
-with an index built by another. Aliases: every new version is ``challenger``; on promotion the old
-champion becomes ``previous`` and the new version ``champion``. Deciding who is champion is the
-gate's (:mod:`bertrec.mlops.gate`); this module moves the aliases it is told to, under a lock.
+with an index built by another. A frozen encoder is the exception: it is stored once and each
+version carries a reference to it (:mod:`bertrec.mlops.encoders`). Aliases: every new version is
+``challenger``; on promotion the old champion becomes ``previous`` and the new version ``champion``.
+Deciding who is champion is the gate's (:mod:`bertrec.mlops.gate`); this module moves the aliases
+it is told to, under a lock.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,9 +26,20 @@ from mlflow.tracking import MlflowClient
 import bertrec
 from bertrec.config import Params
 from bertrec.errors import RegistryError
+from bertrec.mlops.encoders import (
+    EXPERIMENT_SUFFIX,
+    EncoderRef,
+    artifact_sizes,
+    encoder_sha256,
+    is_frozen,
+    read_ref,
+    resolve_encoder,
+    store_encoder,
+    write_ref,
+)
 from bertrec.mlops.tracking import mlflow_name
 from bertrec.model.index import INFO_FILE
-from bertrec.model.layout import EMBEDDINGS, INDEX, MODEL, TRAINING
+from bertrec.model.layout import EMBEDDINGS, ENCODER, ENCODER_REF, INDEX, MODEL, TRAINING
 from bertrec.model.vectors import STATS_FILE
 from bertrec.serve.pyfunc import BUNDLE_ARTIFACT, DEFAULT_K, MODEL_CODE, SIGNATURE, input_example, pip_requirements
 
@@ -45,13 +59,37 @@ class VersionRow:
     tags: dict[str, str]
 
 
+@dataclass(frozen=True)
+class VersionSize:
+    """What a registered version stores: its own files, and the shared encoder it names (stored once)."""
+
+    files: dict[str, int]  # path under the version's model -> bytes
+    encoder: EncoderRef | None  # None when the version carries its encoder (or has none)
+
+    @property
+    def total(self) -> int:
+        return sum(self.files.values())
+
+
 def bundle_fingerprint(bundle: Path) -> str:
-    """sha256 over the bundle's model files (names and contents), timings excluded."""
+    """sha256 over the bundle's model files (names and contents), timings excluded.
+
+    The encoder counts by its identity, its :func:`~bertrec.mlops.encoders.encoder_sha256`: a
+    bundle with ``model/encoder/`` and one with the ``model/encoder.ref.json`` naming it have the same
+    fingerprint, so a version downloaded from the registry has that of the bundle it was logged from.
+    """
+    bundle = Path(bundle)
+    model = bundle / MODEL
     digest = hashlib.sha256()
-    for path in sorted(p for part in (MODEL, EMBEDDINGS, INDEX) for p in (Path(bundle) / part).rglob("*")):
-        if path.is_file() and path.name not in FINGERPRINT_SKIP:
+    for path in sorted(p for part in (MODEL, EMBEDDINGS, INDEX) for p in (bundle / part).rglob("*")):
+        encoder_file = model / ENCODER in path.parents or path == model / ENCODER_REF  # counted below, by sha
+        if path.is_file() and path.name not in FINGERPRINT_SKIP and not encoder_file:
             digest.update(str(path.relative_to(bundle)).encode())
             digest.update(path.read_bytes())
+    if (model / ENCODER).is_dir():
+        digest.update(f"{MODEL}/{ENCODER}".encode() + encoder_sha256(model / ENCODER).encode())
+    elif (model / ENCODER_REF).exists():
+        digest.update(f"{MODEL}/{ENCODER}".encode() + read_ref(model / ENCODER_REF).sha256.encode())
     return digest.hexdigest()
 
 
@@ -72,9 +110,23 @@ def find_bundle(client: MlflowClient, name: str, fingerprint: str) -> str | None
 
 
 def download_version(client: MlflowClient, name: str, version: str, into: Path) -> Path:
-    """Download a version's bundle into ``into``; returns the bundle folder."""
+    """Download a version's bundle into ``into`` (a shared encoder into the encoder cache); returns the bundle."""
     root = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(into))
-    return Path(root) / "artifacts" / BUNDLE_ARTIFACT
+    bundle = Path(root) / "artifacts" / BUNDLE_ARTIFACT
+    resolve_encoder(bundle)
+    return bundle
+
+
+def version_size(client: MlflowClient, name: str, version: str) -> VersionSize:
+    """The files a registered version stores in the artifact store, and the shared encoder it names."""
+    uri = client.get_model_version_download_uri(name, version)
+    files = artifact_sizes(uri, client.tracking_uri)
+    ref_path = f"artifacts/{BUNDLE_ARTIFACT}/{MODEL}/{ENCODER_REF}"
+    if ref_path not in files:
+        return VersionSize(files, None)
+    with tempfile.TemporaryDirectory(prefix="bertrec-ref-") as tmp:
+        local = mlflow.artifacts.download_artifacts(f"{uri}/{ref_path}", dst_path=tmp, tracking_uri=client.tracking_uri)
+        return VersionSize(files, read_ref(Path(local)))
 
 
 def set_aliases(client: MlflowClient, name: str, version: str, champion: str | None, promote: bool) -> str | None:
@@ -99,11 +151,25 @@ def lock_for(p: Params) -> FileLock:
 
 
 def log_bundle(p: Params, example_history: list[str]) -> str:
-    """Log the bundle as a pyfunc model (models-from-code, no pickle) in the active run; returns its model URI."""
+    """Log the bundle as a pyfunc model (models-from-code, no pickle) in the active run; returns its model URI.
+
+    A frozen encoder (with ``mlflow.share_encoder``) is stored once, under the registry lock, and the
+    version carries ``model/encoder.ref.json`` in its place (:mod:`bertrec.mlops.encoders`).
+    """
+    bundle = Path(p.paths.bundle)
+    ref = None
+    if p.mlflow.share_encoder and is_frozen(bundle):
+        client = MlflowClient(p.mlflow.tracking_uri, p.mlflow.tracking_uri)
+        source = str(json.loads((bundle / MODEL / TRAINING).read_text())["params"].get("model.encoder", ""))
+        with lock_for(p):  # two registrations of the same encoder upload it once
+            ref = store_encoder(client, p.mlflow.experiment + EXPERIMENT_SUFFIX, bundle / MODEL / ENCODER, source)
     with tempfile.TemporaryDirectory(prefix="bertrec-bundle-") as tmp:
         staged = Path(tmp) / BUNDLE_ARTIFACT
         for part in (MODEL, EMBEDDINGS, INDEX):
-            shutil.copytree(Path(p.paths.bundle) / part, staged / part)
+            skip = (lambda folder, names: [ENCODER] if Path(folder) == bundle / MODEL else []) if ref else None
+            shutil.copytree(bundle / part, staged / part, ignore=skip)
+        if ref is not None:
+            write_ref(ref, staged / MODEL / ENCODER_REF)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),

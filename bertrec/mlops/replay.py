@@ -5,8 +5,11 @@ this project's dvc.yaml, the code its stages depend on, and params.yaml, whose M
 SQLite file inside it, so the project's own registry is left alone. Step 0 trains the first
 champion on the data up to ``start``. Every later step moves ``data.window`` one step on and runs
 ``dvc repro drift`` (fetch, prepare: a new DVC data version; then `bertrec drift` against the
-champion); when the verdict says drift, or ``retrain_every`` steps have passed since the last
-training, it runs ``dvc repro register`` (split to register: train, gate, promote). Each step is
+champion); when the verdict's retrain decision says so (``retrain.policy`` applied to the calibrated
+drift checks and the quality signal), or ``retrain_every`` steps have passed since the last training
+(when set), it runs ``dvc repro register`` (split to register: train, gate, promote). Each row also
+keeps the uncalibrated rule's alarm (``legacy_drift``: per-row features at Evidently's thresholds,
+the monitor's rule before calibration) and whether the step's new data hold a planted shift. Each step is
 a git commit of dvc.lock and params.yaml, so ``git checkout <step> && dvc checkout`` brings back
 the data of any step.
 
@@ -33,7 +36,7 @@ from bertrec.config import DEFAULT_PARAMS, Params, apply_overrides, load_params
 from bertrec.data.dataset import MANIFEST_FILE
 from bertrec.errors import ReplayError
 from bertrec.mlops.drift.checks import VERDICT_FILE
-from bertrec.mlops.drift.monitor import DRIFT_DIR, QUALITY
+from bertrec.mlops.drift.monitor import DECAY, DRIFT_DIR, LEGACY, QUALITY, RETRAIN
 from bertrec.render import replay_table
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,12 @@ class Step:
     drift_any: bool | None
     quality_ndcg: float | None  # the champion (before retraining) on the new rows, NDCG@10, ours
     quality_ndcg_evidently: float | None
-    retrained: str  # "" or why ("first", "drift", "schedule")
+    decay: bool | None  # the quality signal's verdict (None: not checked)
+    champion_ndcg_new: float | None  # the champion's NDCG@10 on returning users' next items
+    legacy_drift: bool | None  # the uncalibrated rule's alarm on the same windows
+    planted: bool  # the step's new rows include the planted shift
+    decision: str  # the retrain policy's reason
+    retrained: str  # "" or why ("first", "policy", "schedule")
     version: str | None  # the version the step registered, if any
     promoted: bool
     champion: str | None  # champion version after the step
@@ -131,10 +139,15 @@ def replay(
     start: datetime,
     step: timedelta,
     steps: int | None,
-    retrain_every: int,
+    retrain_every: int | None,
     on_step=None,
+    planted_at: datetime | None = None,
 ) -> list[Step]:
-    """Run the replay (see the module docstring); ``on_step`` is called with each finished step."""
+    """Run the replay (see the module docstring); ``on_step`` is called with each finished step.
+
+    ``planted_at``: when the log holds a planted shift from that time on, the steps whose new rows
+    include it are marked ``planted``.
+    """
     root = prepare_workspace(project, workdir, params_file, sets)
     rows: list[Step] = []
     since_training = 0
@@ -151,7 +164,8 @@ def replay(
         else:
             _dvc(root, "repro", "drift")
             verdict = json.loads((root / p.paths.outputs / DRIFT_DIR / VERDICT_FILE).read_text())
-            reason = "drift" if verdict["drift"] else "schedule" if since_training + 1 >= retrain_every else ""
+            scheduled = retrain_every is not None and since_training + 1 >= retrain_every
+            reason = "policy" if verdict[RETRAIN]["retrain"] else "schedule" if scheduled else ""
         manifest = json.loads((root / p.paths.prepared / MANIFEST_FILE).read_text())
         version = promoted = None
         if reason:
@@ -162,7 +176,8 @@ def replay(
         else:
             since_training += 1
         champion, ndcg = _champion(p)
-        row = _row(index, window, manifest, verdict, reason, version, bool(promoted), champion, ndcg, began)
+        planted = planted_at is not None and window > planted_at
+        row = _row(index, window, manifest, verdict, reason, version, bool(promoted), champion, ndcg, began, planted)
         rows.append(row)
         write_results(root, rows)
         _run(root, "git", "add", "-A")
@@ -199,6 +214,7 @@ def _row(
     champion: str | None,
     ndcg: float | None,
     began: float,
+    planted: bool = False,
 ) -> Step:
     checks = verdict.get("checks", {})
     drift = {
@@ -207,6 +223,8 @@ def _row(
     }
     quality = verdict.get(QUALITY, {}).get("ours", {})
     theirs = verdict.get(QUALITY, {}).get("evidently", {})
+    decay = verdict.get(DECAY, {})
+    new_ndcg = decay.get("metrics", {}).get("NDCG@10", {}).get("observed")
     return Step(
         step=index,
         window=window.isoformat(),
@@ -216,6 +234,11 @@ def _row(
         drift_any=verdict.get("drift") if checks else None,
         quality_ndcg=quality.get("NDCG@10"),
         quality_ndcg_evidently=theirs.get("NDCG@10"),
+        decay=decay["decay"] if decay.get("status") == "checked" else None,
+        champion_ndcg_new=new_ndcg,
+        legacy_drift=verdict[LEGACY]["drift"] if LEGACY in verdict else None,
+        planted=planted,
+        decision=verdict.get(RETRAIN, {}).get("reason", ""),
         retrained=reason,
         version=str(version) if version else None,
         promoted=promoted,

@@ -12,7 +12,9 @@ bundle/
   index/        index.faiss, index.json (factory, search settings, recall@10 against exact search)
 ```
 `bertrec train` writes ``model/``, `bertrec embed` writes ``embeddings/``, `bertrec index` writes
-``index/``; each part is replaced atomically. Later steps register the whole directory in MLflow.
+``index/``; each part is replaced atomically. Later steps register the whole directory in MLflow,
+except a frozen encoder: it is stored there once, and a version carries ``model/encoder.ref.json``
+(its sha256 and where it is) instead of ``model/encoder/`` (:mod:`bertrec.mlops.encoders`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from bertrec.errors import MissingInputError
 from bertrec.io import atomic_dir, recover_dir
 from bertrec.model.encoder import TextEncoder, pick_device
 from bertrec.model.features import ItemTextFeatures
-from bertrec.model.layout import HISTORIES, MODEL, TRAINING, WEIGHTS
+from bertrec.model.layout import ENCODER, ENCODER_REF, HISTORIES, MODEL, TRAINING, WEIGHTS, encoder_cache
 from bertrec.model.scorer import TowerScorer
 from bertrec.model.towers import TowerConfig, make_towers
 
@@ -69,10 +71,10 @@ def save_model(
             features = scorer.text_features
             save_text_features(features, items["text"].tolist(), tmp / TEXT_FEATURES)
             encoder = features.float_encoder  # float32 weights; an int8 reader is remade from them on load
-            encoder.model.save_pretrained(tmp / "encoder")
-            encoder.tokenizer.save_pretrained(tmp / "encoder")
+            encoder.model.save_pretrained(tmp / ENCODER)
+            encoder.tokenizer.save_pretrained(tmp / ENCODER)
             settings = {"max_length": encoder.max_length, "precision": features.precision}
-            (tmp / "encoder" / "bertrec.json").write_text(json.dumps(settings))
+            (tmp / ENCODER / "bertrec.json").write_text(json.dumps(settings))
     return target
 
 
@@ -98,9 +100,10 @@ def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.Data
     items = pd.read_parquet(folder / "items.parquet")
     dev = pick_device(device)
     features = None
-    if (folder / "encoder").exists():
-        settings = json.loads((folder / "encoder" / "bertrec.json").read_text())
-        encoder = TextEncoder.load(str(folder / "encoder"), settings["max_length"], str(dev))
+    if (folder / ENCODER).exists() or (folder / ENCODER_REF).exists():
+        encoder_dir = encoder_folder(folder)
+        settings = json.loads((encoder_dir / "bertrec.json").read_text())
+        encoder = TextEncoder.load(str(encoder_dir), settings["max_length"], str(dev))
         cache = np.load(folder / TEXT_FEATURES, mmap_mode="r")
         precision = settings.get("precision", "fp32")  # bundles written before encode_precision: fp32
         features = ItemTextFeatures(encoder, items["text"].tolist(), "all", 128, cache=cache, precision=precision)
@@ -112,6 +115,25 @@ def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.Data
         scorer.penalty = np.load(folder / PENALTY)
     scorer.model.eval()
     return scorer, items
+
+
+def encoder_folder(model: Path) -> Path:
+    """The encoder folder of ``bundle/model``: its own ``encoder/``, or the cached copy its ``encoder.ref.json`` names.
+
+    A registered version with a shared encoder carries only the reference; loading it through MLflow
+    (:func:`bertrec.mlops.encoders.resolve_encoder`) puts the encoder in :func:`encoder_cache` first.
+    Raises MissingInputError when the named encoder is not in the cache.
+    """
+    if (model / ENCODER).exists():
+        return model / ENCODER
+    ref = json.loads((model / ENCODER_REF).read_text())
+    cached = encoder_cache() / str(ref.get("sha256"))
+    if not cached.is_dir():
+        raise MissingInputError(
+            f"{model / ENCODER_REF}: encoder sha256 {ref.get('sha256')} (stored at {ref.get('uri')}) is not in the "
+            f"encoder cache {encoder_cache()}; load the version through MLflow, which downloads it there"
+        )
+    return cached
 
 
 def read_training(bundle: Path) -> dict[str, Any]:

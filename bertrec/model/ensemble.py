@@ -24,7 +24,8 @@ from bertrec.ranking.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
-Fit = Callable[[Params, Path, Callable[[EpochLog], None] | None], TrainResult]
+Fit = Callable[[Params, Path, Callable[[EpochLog], None] | None, TowerScorer | None], TrainResult]
+Initial = Callable[[Params, int], TowerScorer | None]  # (a member's params, its number) -> its starting model
 
 
 def train_model(
@@ -34,17 +35,21 @@ def train_model(
     work_dir: Path,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
     fit: Fit | None = None,
+    initial: Initial | None = None,
 ) -> TrainResult:
     """:func:`train` once, or with ``model.ensemble`` K > 1, K members (seeds ``train.seed`` + k) averaged.
 
-    ``fit(params, work_dir, on_epoch_end)`` trains one model (default: :func:`train` here; the train
-    stage passes Ray Train's). Members train one after the other, each early-stopping on its own;
-    ``on_epoch_end`` sees the first member's epochs. The ensemble's validation metrics are its own.
+    ``fit(params, work_dir, on_epoch_end, scorer)`` trains one model (default: :func:`train` here; the
+    train stage passes Ray Train's). ``initial(params, k)`` builds member k's initial model (a warm start,
+    :mod:`bertrec.model.warm`); without it each member starts fresh. Members train one after the
+    other, each early-stopping on its own; ``on_epoch_end`` sees the first member's epochs. The
+    ensemble's validation metrics are its own.
     """
-    fit = fit or (lambda member, folder, hook: train(member, split, items, folder, on_epoch_end=hook))
+    fit = fit or (lambda member, folder, hook, scorer: train(member, split, items, folder, hook, scorer=scorer))
+    initial = initial or (lambda member, k: None)
     k = params.model.ensemble
     if k == 1:
-        return fit(params, work_dir, on_epoch_end)
+        return fit(params, work_dir, on_epoch_end, initial(params, 0))
     if params.train.freeze_layers != "all" and params.model.item_repr != "id":
         raise ConfigError("model.ensemble > 1 needs a frozen encoder (train.freeze_layers: all): members share it")
     results = []
@@ -56,7 +61,8 @@ def train_model(
             }
         )
         log.info("ensemble member %d of %d (seed %d)", member + 1, k, settings.train.seed)
-        results.append(fit(settings, Path(work_dir) / f"member-{member}", on_epoch_end if member == 0 else None))
+        hook = on_epoch_end if member == 0 else None
+        results.append(fit(settings, Path(work_dir) / f"member-{member}", hook, initial(settings, member)))
     first = results[0].scorer
     towers = EnsembleTowers.of([r.scorer.model for r in results])
     scorer = TowerScorer(towers, first.text_features, first.titles, first.device)

@@ -73,7 +73,7 @@ def current_baselines(p: Params) -> dict[str, dict[str, dict[str, dict[str, floa
 
 
 def write_training_metrics(record: dict[str, Any], metrics_dir: Path) -> None:
-    """``train.json`` (best epoch, its validation metrics, epochs run) and ``train_curve.csv``, atomically."""
+    """``train.json`` (best epoch, validation metrics, epochs, start, seconds) and ``train_curve.csv``, atomically."""
     from bertrec.io import atomic_file, write_json
 
     write_json(
@@ -84,6 +84,8 @@ def write_training_metrics(record: dict[str, Any], metrics_dir: Path) -> None:
             "epochs_run": len(record["epochs"]),
             "valid": record["best_valid"],
             "rerank_beta": record.get("rerank", {}).get("beta", 0.0),
+            "init": record.get("init"),  # where training started: mode, source, version, why (bertrec.model.warm)
+            "seconds": record.get("seconds"),  # training, from reading the starting model to the best weights
         },
     )
     rows = ["epoch,loss,valid_ndcg_at_10,seconds"]

@@ -105,9 +105,12 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     """A :class:`~bertrec.serve.recommender.Recommender` behind MLflow's pyfunc interface."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from bertrec.mlops.encoders import resolve_encoder
         from bertrec.serve.recommender import Recommender
 
-        self.recommender = Recommender(Path(context.artifacts[BUNDLE_ARTIFACT]), "auto")
+        bundle = Path(context.artifacts[BUNDLE_ARTIFACT])
+        resolve_encoder(bundle)  # a shared encoder: into the local cache, its sha256 checked
+        self.recommender = Recommender(bundle, "auto")
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -230,8 +230,10 @@ class Recommender:
         if self.scorer.penalty is not None:  # no training interaction: no popularity penalty
             self.scorer.penalty = np.r_[self.scorer.penalty, np.zeros(len(ids), np.float32)]
         added = pd.DataFrame({"item_idx": rows, "item_id": ids, "text": new_items["text"].to_numpy()})
-        self.items = pd.concat([self.items, added], ignore_index=True)
         titles = new_items["title"] if "title" in new_items else new_items["text"]
+        if "title" in self.items:
+            added["title"] = titles.to_numpy()
+        self.items = pd.concat([self.items, added], ignore_index=True)
         self.scorer.titles = np.concatenate([self.scorer.titles, titles.to_numpy(dtype=object)])
         self._refresh_ids()
         self._popular = None

@@ -23,10 +23,13 @@ from bertrec.io import write_json
 from bertrec.mlops.drift.checks import Verdict, write_verdict
 from bertrec.mlops.drift.monitor import (
     CHECKED,
+    DECAY,
     DRIFT_DIR,
     DRIFT_METRICS,
+    LEGACY,
     NO_CHAMPION,
     QUALITY,
+    RETRAIN,
     RUN_FILE,
     TOO_FEW_ROWS,
     champion_end,
@@ -36,6 +39,7 @@ from bertrec.mlops.drift.monitor import (
     summary_metrics,
     windows_of,
 )
+from bertrec.mlops.drift.policy import RetrainDecision, decide_retrain
 from bertrec.mlops.registry import CHAMPION
 from bertrec.mlops.tracking import connect
 from bertrec.render import verdict_table
@@ -85,7 +89,7 @@ def run(p: Params, run_tags: dict[str, str] | None = None) -> Outcome:
             run_tags=run_tags,
         )
     end = champion_end(dict(champion.tags), str(champion.version))
-    windows = windows_of(data.interactions, end)
+    windows = windows_of(data.interactions, end, p.drift.window_days)
     context |= {"champion": {"version": str(champion.version), "data_end": iso(end)}, "windows": windows.describe()}
     if len(windows.current) < p.drift.min_rows:
         reason = (
@@ -97,12 +101,37 @@ def run(p: Params, run_tags: dict[str, str] | None = None) -> Outcome:
         )
     from bertrec.mlops.gate import load_version  # torch and the model: only when there is something to check
 
+    experiment = client.get_experiment_by_name(p.mlflow.experiment)
+    expected = expected_level(client, p, experiment.experiment_id, str(champion.version)) if experiment else {}
     with tempfile.TemporaryDirectory() as tmp:
         recommender = load_version(client, name, str(champion.version), Path(tmp), p)
-        verdict, quality, report = run_checks(recommender, data, windows, p)
-    return _write(
-        p, verdict, folder, context | {QUALITY: quality}, {QUALITY: report} if report is not None else {}, run_tags
+        checked = run_checks(recommender, data, windows, p, expected)
+    decay = checked.decay
+    context |= {QUALITY: checked.quality, DECAY: decay.to_dict(), LEGACY: checked.legacy}
+    decision = decide_retrain(CHECKED, checked.verdict.drift, decay.decay, p.retrain.policy)
+    return _write(p, checked.verdict, folder, context, checked.reports, run_tags, decision)
+
+
+def expected_level(client, p: Params, experiment_id: str, version: str) -> dict[str, float]:
+    """The champion's expected NDCG@10 and Hit@10 on returning users' next items: the users-weighted mean
+    over its first ``drift.decay_baseline_checks`` checks (earlier drift runs); empty while there are fewer."""
+    from bertrec.mlops.drift.decay import METRICS
+    from bertrec.mlops.tracking import mlflow_name
+
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`bertrec.kind` = 'drift' and tags.`champion.version` = '{version}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=500,
     )
+    measured = [r.data.metrics for r in runs if mlflow_name(f"decay.{METRICS[0]}") in r.data.metrics]
+    baseline = measured[: p.drift.decay_baseline_checks]
+    if len(baseline) < p.drift.decay_baseline_checks:
+        return {}
+    weights = [m["decay.users"] for m in baseline]
+    total = sum(weights)
+    pairs = list(zip(weights, baseline, strict=True))
+    return {metric: sum(w * m[mlflow_name(f"decay.{metric}")] for w, m in pairs) / total for metric in METRICS}
 
 
 def _write(
@@ -112,7 +141,11 @@ def _write(
     context: dict[str, Any],
     reports: dict | None = None,
     run_tags: dict[str, str] | None = None,
+    decision: RetrainDecision | None = None,
 ) -> Outcome:
+    if decision is None:  # nothing was checked
+        decision = decide_retrain(context["status"], False, False, p.retrain.policy)
+    context = context | {RETRAIN: decision.to_dict()}
     path = write_verdict(verdict, folder, context, reports)
     payload = json.loads(path.read_text())
     write_json(p.paths.metrics / DRIFT_METRICS, summary_metrics(payload))

@@ -1,5 +1,10 @@
 """The `train` stage: the two-tower model fine-tuned on a split's training data, as the bundle's ``model/``.
 
+Training starts where ``train.init`` says (:func:`find_start`): from scratch, from the registry's
+champion, or from a bundle folder; a warm start copies that model's towers and trains for a few
+epochs (:mod:`bertrec.model.warm`). ``metrics/train.json`` records the start (mode, source,
+version, why), the epochs and the seconds; with no champion yet, the run says it started from scratch.
+
 After training, the popularity penalty of re-ranking is chosen on the validation users
 (:mod:`bertrec.ranking.rerank`) and saved with the model.
 
@@ -9,20 +14,34 @@ last one, and the folder is removed once the model is saved.
 
 from __future__ import annotations
 
+import logging
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.data.dataset import load_dataset
 from bertrec.data.split import read_split
+from bertrec.errors import ConfigError, MissingInputError, RegistryError
+from bertrec.mlops.registry import CHAMPION as CHAMPION_ALIAS
+from bertrec.mlops.registry import download_version
 from bertrec.model.bundle import save_model, training_record
 from bertrec.model.ensemble import train_model
 from bertrec.model.train import CHECKPOINTS, PRIMARY
+from bertrec.model.warm import CHAMPION, SCRATCH, Start, differences, read_towers, warm_settings, warm_towers
 from bertrec.ranking.evaluate import build_cases, reference_of, train_set
 from bertrec.ranking.rerank import choose_beta
 from bertrec.ranking.results import write_training_metrics
+
+log = logging.getLogger(__name__)
+# MLflow's answers when the model or its alias does not exist (anything else is an outage)
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -32,13 +51,64 @@ class Trained:
     best_valid: dict[str, float]
     folder: Path  # the bundle's model/
     rerank_beta: float = 0.0
+    start: str = "from scratch"  # how training started
 
     def summary(self) -> str:
         ndcg = self.best_valid.get(PRIMARY, float("nan"))
         return (
-            f"trained on {self.split}: best epoch {self.best_epoch}, valid {PRIMARY} {ndcg:.4f}, "
+            f"trained on {self.split} {self.start}: best epoch {self.best_epoch}, valid {PRIMARY} {ndcg:.4f}, "
             f"popularity penalty beta {self.rerank_beta:g} -> {self.folder}"
         )
+
+
+def champion_version(p: Params) -> str | None:
+    """The version the registry's ``champion`` alias names, or None when there is none (no model, no alias).
+
+    Raises:
+        RegistryError: the registry cannot be read (an outage is not "no champion").
+    """
+    name, uri = p.mlflow.registered_model, p.mlflow.tracking_uri
+    try:
+        return str(MlflowClient(uri, uri).get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND:
+            raise RegistryError(f"train.init=champion: cannot read the champion of {name} at {uri}: {exc}") from None
+        return None
+
+
+def find_start(p: Params, into: Path) -> Start:
+    """Where this run starts (``train.init``): scratch, the champion (downloaded into ``into``) or a bundle.
+
+    A champion whose towers cannot seed the configured model (another encoder or shape) gives a
+    start from scratch that says why; so does a registry without a champion (the first run).
+
+    Raises:
+        RegistryError: the registry cannot be read.
+        MissingInputError: ``train.init`` names a folder without a trained bundle.
+        ConfigError: that bundle's towers cannot seed the configured model.
+    """
+    init, name, uri = p.train.init, p.mlflow.registered_model, p.mlflow.tracking_uri
+    if init == SCRATCH:
+        return Start(init, "scratch", "train.init is scratch")
+    if init == CHAMPION:
+        version = champion_version(p)
+        if version is None:
+            return Start(init, "scratch", f"{name} has no champion at {uri}: a first run, from scratch")
+        source = f"models:/{name}/{version}"
+        saved = read_towers(download_version(MlflowClient(uri, uri), name, version, into))
+    else:
+        version, source = None, str(init)
+        try:
+            saved = read_towers(Path(init))
+        except MissingInputError as exc:
+            raise MissingInputError(f"train.init={init}: {exc}") from None
+    found = differences(saved, p)
+    if found and init == CHAMPION:
+        reason = f"the champion ({source}) cannot seed this model ({'; '.join(found)}): from scratch"
+        return Start(init, "scratch", reason, source, version)
+    if found:
+        raise ConfigError(f"train.init={init}: its towers cannot seed the configured model: {'; '.join(found)}")
+    return Start(init, "warm", f"warm start from {source}", source, version, saved)
 
 
 def run(p: Params) -> Trained:
@@ -47,24 +117,48 @@ def run(p: Params) -> Trained:
     split = read_split(p.paths.splits, p.train.split, data.n_users, data.n_items)
     work = p.paths.bundle / CHECKPOINTS
     engine = engine_for(p.compute)
-    if engine.name == "ray":
-        from bertrec.compute.train import train_on_ray
+    began = time.perf_counter()
+    mapped = []
+    with tempfile.TemporaryDirectory(prefix="bertrec-init-") as tmp:
+        start = find_start(p, Path(tmp))
+        log.info("train: %s", start.reason)
 
-        announce("train", engine, "data-parallel training (Ray Train, DDP)")
-        result = train_model(
-            p,
-            split,
-            data.items,
-            work,
-            fit=lambda member, folder, _: train_on_ray(member, split, data.items, folder, engine),
-        )
-    else:
-        announce("train", engine, "training")
-        result = train_model(p, split, data.items, work)
+        def initial(member: Params, k: int):
+            if not start.warm:
+                return None
+            scorer, rows = warm_towers(member, split, data.items, start.saved, k, engine)
+            mapped.append(rows)
+            return scorer
+
+        settings = warm_settings(p) if start.warm else p
+        if engine.name == "ray":
+            from bertrec.compute.train import train_on_ray
+
+            announce("train", engine, "data-parallel training (Ray Train, DDP)")
+            result = train_model(
+                settings,
+                split,
+                data.items,
+                work,
+                fit=lambda member, folder, _, scorer: train_on_ray(member, split, data.items, folder, engine, scorer),
+                initial=initial,
+            )
+        else:
+            announce("train", engine, "training")
+            result = train_model(settings, split, data.items, work, initial=initial)
+    seconds = time.perf_counter() - began
     valid = build_cases(split, "valid").sample(p.train.valid_users, p.train.seed)
     choice = choose_beta(result.scorer, valid, reference_of(train_set(split, data.items)), p.rerank, p.eval.batch_size)
-    record = training_record(result, p, split.name) | {"rerank": choice.to_dict()}
+    init = start.to_dict()
+    if mapped:
+        init |= {"items_kept": mapped[0].kept, "items_new": mapped[0].new}
+    record = training_record(result, p, split.name) | {
+        "rerank": choice.to_dict(),
+        "init": init,
+        "seconds": round(seconds, 2),
+    }
     folder = save_model(result.scorer, data.items, p.paths.bundle, record, data.interactions)
     write_training_metrics(record, p.paths.metrics)
     shutil.rmtree(work, ignore_errors=True)
-    return Trained(split.name, result.best_epoch, result.best_valid, folder, choice.beta)
+    how = f"warm-started from {start.source}" if start.warm else "from scratch"
+    return Trained(split.name, result.best_epoch, result.best_valid, folder, choice.beta, how)

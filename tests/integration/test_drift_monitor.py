@@ -1,9 +1,9 @@
-"""The drift-monitor deployment on a real `prefect server`: it starts the training deployment on drift only.
+"""The drift-monitor deployment on a real `prefect server`: it starts the training deployment when the policy says so.
 
 A tiny project is trained on one week of a log (the champion); then the deployment of prefect.yaml,
 run by a real process worker, checks the next week: once drawn from the same distribution (no
 drift, no training run), once with every new interaction on one genre (drift in the interactions
-check, and a scheduled run of training-pipeline/weekly).
+check, and with retrain.policy drift a scheduled run of training-pipeline/weekly).
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def monitor(root: Path, env: dict[str, str], log: str) -> dict:
 
 def test_monitor_deployment_starts_training_on_drift_only(built_project, project_copy, prefect_api, mlflow_uri):
     # Given a champion trained on the first week: the built project's model, registered under this test's name
-    root = project_copy(f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test")
+    # (retrain.policy drift: the new users of the second week give the quality signal no returning user)
+    root = project_copy(
+        f"mlflow.registered_model={MODEL}", "mlflow.experiment=drift-monitor-test", "retrain.policy=drift"
+    )
     client = MlflowClient(mlflow_uri, mlflow_uri)
     built = json.loads((built_project.root / "metrics" / "register.json").read_text())
     source = client.get_model_version(built["model"], built["version"])
@@ -100,6 +103,9 @@ def test_monitor_deployment_starts_training_on_drift_only(built_project, project
         calm = monitor(root, env, "same.csv")
         assert calm["status"] == "checked" and calm["drift"] is False, calm["checks"]
         assert calm["checks"]["interactions"]["drift"] is False
+        # the champion saw one week: each statistic's null comes from split halves of that week
+        assert calm["checks"]["interactions"]["details"]["null"] == "split-half"
+        assert calm["retrain"]["retrain"] is False and "policy drift" in calm["retrain"]["reason"]
         assert calm["windows"]["current"]["rows"] == N_USERS * LENGTH
         assert [r.state.type.value for r in flow_runs(env, "daily", earlier)] == ["COMPLETED"]
         assert flow_runs(env, "weekly", earlier) == []
@@ -108,12 +114,14 @@ def test_monitor_deployment_starts_training_on_drift_only(built_project, project
         shifted = monitor(root, env, "shifted.csv")
         assert shifted["drift"] is True
         interactions = shifted["checks"]["interactions"]
-        assert interactions["drift"] is True and interactions["details"]["columns"]["genre"]["drifted"] is True
+        assert interactions["drift"] is True
+        assert interactions["details"]["columns"]["users.genre:horror"]["drifted"] is True
         assert interactions["details"]["genre_share"]["current"]["horror"] == 1.0
+        assert shifted["retrain"]["retrain"] is True and shifted["decay"]["status"] == "too-few-users"
         assert shifted["checks"]["predictions"]["drift"] is False  # the sampled users did nothing new
         assert shifted["checks"]["embeddings"]["details"]["skipped"].startswith("0 new items")
         training = flow_runs(env, "weekly", earlier)
-        assert len(training) == 1 and "drift" in training[0].tags
+        assert len(training) == 1 and {"drift", "retrain.policy=drift"} <= set(training[0].tags)
         monitors = flow_runs(env, "daily", earlier)
         assert sorted(r.state.type.value for r in monitors) == ["COMPLETED", "COMPLETED"]
 

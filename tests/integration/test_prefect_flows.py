@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from builders import dvc_project
+from builders import dvc, dvc_project
 from servers import Job, background_jobs
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,9 @@ def test_triggered_run_completes_and_records_its_override_in_mlflow(pipeline_run
     # Only what the override touches ran: train (on the gpu pool) and what follows it
     ran = next(line for line in summary.splitlines() if line.startswith("Stages run: "))
     assert ran.removeprefix("Stages run: ").split(", ")[-5:] == ["train", "embed", "index", "evaluate", "register"]
-    assert not {"prepare", "split", "baselines"} & set(ran.removeprefix("Stages run: ").split(", "))
+    assert not {"prepare", "split", "baselines", "drift"} & set(ran.removeprefix("Stages run: ").split(", "))
+    # and after the flow DVC has nothing left to do (fetch was forced, not always_changed)
+    assert "Data and pipelines are up to date" in dvc(project, "status")
 
 
 def test_train_stage_ran_on_the_gpu_pool_through_the_dvc_remote(pipeline_run):

@@ -27,6 +27,18 @@ def test_windows_split_at_the_champion_end_with_a_reference_as_long_as_the_curre
     assert windows.describe()["current"]["rows"] == 3
 
 
+def test_a_current_window_of_some_days_leaves_a_lag_after_an_old_champion():
+    day = 86_400
+    windows = windows_of(log([d * day for d in range(21)]), reference_end=10 * day, window_days=2)
+    assert windows.current["timestamp"].tolist() == [19 * day, 20 * day]
+    assert windows.reference["timestamp"].tolist() == [9 * day, 10 * day]
+    assert len(windows.history) == 19 and len(windows.before) == 11
+    assert (windows.span, windows.lag) == (2 * day, 4)  # (10, 18] between: four windows of two days
+    assert windows.describe()["lag_windows"] == 4
+    # a window longer than what came since the champion: everything since, no lag
+    assert windows_of(log([d * day for d in range(21)]), 10 * day, window_days=30).lag == 0
+
+
 def test_windows_without_newer_rows_are_empty():
     windows = windows_of(log([0, 10, 20]), reference_end=20)
     assert windows.current.empty and windows.reference.empty and len(windows.before) == 3
@@ -92,51 +104,50 @@ def test_verdict_table_names_drifted_columns_skips_and_agreement():
 
 
 def test_replay_table_has_a_row_per_step():
+    def step(index, new_rows, drift, any_, decay, legacy, planted, new_ndcg, retrained, version, promoted):
+        window = f"1998-01-{1 + 7 * index:02d}T00:00:00"
+        return Step(index, window, 50_000 + index, new_rows, drift, any_, None, None, decay, new_ndcg, legacy,
+                    planted, "why", retrained, version, promoted, "1", 0.1, 60.0)  # fmt: skip
+
     rows = [
-        Step(0, "1998-01-01T00:00:00", 50_000, None, {}, None, None, None, "first", "1", True, "1", 0.1, 60.0),
-        Step(
+        step(0, None, {}, None, None, None, False, None, "first", "1", True),
+        step(
             1,
-            "1998-01-08T00:00:00",
-            54_000,
             4000,
             {"interactions": True, "embeddings": None, "predictions": False},
             True,
-            0.09,
-            0.09,
-            "drift",
+            True,
+            True,
+            True,
+            0.02,
+            "policy",
             "2",
             False,
-            "1",
-            0.1,
-            70.0,
-        ),
-        Step(
+        ),  # fmt: skip
+        step(
             2,
-            "1998-01-15T00:00:00",
-            57_000,
             7000,
             {"interactions": False, "embeddings": False, "predictions": False},
             False,
-            0.08,
-            0.08,
+            None,
+            True,
+            False,
+            0.03,
             "",
             None,
             False,
-            "1",
-            0.1,
-            20.0,
-        ),
+        ),  # fmt: skip
     ]
     lines = replay_table(rows, CHECK_NAMES).splitlines()
     assert len(lines) == 5
     assert lines[2].startswith(
-        "| 0 | 1998-01-01 | 50000 |  | – | – | – | – |  | yes (first): v1 promoted | v1 | 0.1000 |"
+        "| 0 | 1998-01-01 | 50000 |  | – | – | – | – | – | – |  |  | yes (first): v1 promoted | v1 | 0.1000 |"
     )
     assert (
-        lines[3] == "| 1 | 1998-01-08 | 54000 | 4000 | yes | – | no | yes | 0.0900 "
-        "| yes (drift): v2 not promoted | v1 | 0.1000 |"
+        lines[3] == "| 1 | 1998-01-08 | 50001 | 4000 | yes | – | no | yes | yes | yes | yes | 0.0200 "
+        "| yes (policy): v2 not promoted | v1 | 0.1000 |"
     )
-    assert lines[4].endswith("| no | no | no | no | 0.0800 | no | v1 | 0.1000 |")
+    assert lines[4].endswith("| no | no | no | no | – | yes |  | 0.0300 | no | v1 | 0.1000 |")
 
 
 def test_list_fields_are_prepared_with_one_separator():

@@ -54,6 +54,43 @@ def test_fingerprint_ignores_run_records_but_not_weights(tmp_path):
     assert bundle_fingerprint(tmp_path) != first
 
 
+def test_fingerprint_counts_the_encoder_by_its_sha_inside_or_referenced(tmp_path):
+    import json
+
+    from bertrec.mlops.encoders import EncoderRef, encoder_sha256, is_frozen, write_ref
+
+    # Given a bundle with its encoder inside, trained with a frozen encoder
+    full, referenced = tmp_path / "full", tmp_path / "referenced"
+    for bundle in (full, referenced):
+        (bundle / "model").mkdir(parents=True)
+        (bundle / "model" / "weights.safetensors").write_bytes(b"towers")
+        (bundle / "model" / "training.json").write_text(json.dumps({"params": {"train.freeze_layers": "all"}}))
+    (full / "model" / "encoder").mkdir()
+    (full / "model" / "encoder" / "model.safetensors").write_bytes(b"bert")
+    sha = encoder_sha256(full / "model" / "encoder")
+    assert is_frozen(full) and not is_frozen(referenced)
+    # When another holds a reference to that encoder instead, both have the same fingerprint
+    write_ref(EncoderRef(sha, "runs:/r/encoder", 4, 1, "tiny"), referenced / "model" / "encoder.ref.json")
+    assert bundle_fingerprint(referenced) == bundle_fingerprint(full)
+    # And a change of the encoder's bytes, or a fine-tuned encoder, changes what counts
+    (full / "model" / "encoder" / "model.safetensors").write_bytes(b"BERT")
+    assert bundle_fingerprint(referenced) != bundle_fingerprint(full)
+    (full / "model" / "training.json").write_text(json.dumps({"params": {"train.freeze_layers": 2}}))
+    assert not is_frozen(full)
+
+
+def test_a_reference_without_its_sha_is_refused_naming_the_file(tmp_path):
+    import pytest
+
+    from bertrec.errors import RegistryError
+    from bertrec.mlops.encoders import read_ref
+
+    path = tmp_path / "encoder.ref.json"
+    path.write_text('{"uri": "runs:/r/encoder", "size": 1, "files": 1, "source": "tiny"}')
+    with pytest.raises(RegistryError, match=f"{path}: field 'sha256' is missing"):
+        read_ref(path)
+
+
 def test_dvc_hash_reads_the_lock_file(tmp_path):
     lock = tmp_path / "dvc.lock"
     assert dvc_hash(tmp_path / "data", lock) is None

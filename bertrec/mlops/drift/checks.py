@@ -281,15 +281,26 @@ def _column_drift(
     drift_share: float,
     method: str | None,
     threshold: float | None,
+    num_method: str | None = None,
+    cat_method: str | None = None,
 ) -> tuple[Any, float, dict[str, dict[str, Any]]]:
     """Run ``DataDriftPreset`` with its tests; return the run, the share of drifted columns, and per column
-    the test, score (p-value or distance), threshold, drifted, and for numbers the two means."""
+    the test, score (p-value or distance), threshold, drifted, and for numbers the two means.
+
+    ``method`` is the test of every column; ``num_method`` and ``cat_method`` those of one type."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
     columns = [*numerical, *categorical]
     definition = DataDefinition(numerical_columns=list(numerical), categorical_columns=list(categorical))
-    preset = DataDriftPreset(columns=columns, drift_share=drift_share, method=method, threshold=threshold)
+    preset = DataDriftPreset(
+        columns=columns,
+        drift_share=drift_share,
+        method=method,
+        threshold=threshold,
+        num_method=num_method,
+        cat_method=cat_method,
+    )
     run = Report([preset], include_tests=True).run(
         Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
         Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),

@@ -1,23 +1,27 @@
-"""Drift monitoring of the champion: its data against what arrived since, checked with bertrec.mlops.drift.checks.
+"""Drift monitoring of the champion: its data against what arrived since, checked and calibrated.
 
 The windows (:func:`windows_of`):
 
-- **current**: the interactions newer than the champion's data (its version tag ``data.end``, the
-  newest interaction it was trained on) up to the newest prepared row (``data.window``);
+- **current**: the newest ``drift.window_days`` of interactions up to the newest prepared row
+  (``data.window``), or everything newer than the champion's data (its version tag ``data.end``,
+  the newest interaction it was trained on) when that is shorter;
 - **reference**: the champion's own last stretch of the same length (activity and popularity are
-  counted per window, so the two windows must be equally long).
+  counted per window, so the two windows must be equally long); ``lag`` whole windows may lie
+  between the two when the champion has served for longer than a window.
 
-The checks, all with the champion as registered in MLflow:
+The checks (bertrec.mlops.drift.calibrate: each statistic against its null from the champion's own
+periods, Holm over every column), all with the champion as registered in MLflow:
 
-- ``interactions``: the two windows' interaction features (bertrec.mlops.drift.checks.check_interactions);
+- ``interactions``: behaviour tables of the two windows (bertrec.mlops.drift.behaviour);
 - ``embeddings``: the text vectors (the champion's item tower, text part) of the items that first
-  appeared in the current window against those of the items the champion had seen;
+  appeared since the champion's data against those of the items the champion had seen;
 - ``predictions``: the champion's recommendations for a fixed sample of users, from their histories
   as of the reference end and as of the current end (popularity of what is recommended, top score).
 
-Beside them, ``quality``: the champion's top-10 from the reference histories scored against what
-the sampled users did next (the current window), by our metrics and by Evidently's; metrics defined
-the same way on both sides (NDCG, Hit) must agree within ``drift.recsys_tolerance``.
+Beside them: ``decay`` (bertrec.mlops.drift.decay: the champion on returning users' next items),
+``legacy`` (the uncalibrated per-row interaction check, for comparison) and ``quality`` (the
+champion's top-10 from the reference histories scored against what the sampled users did next, by
+our metrics and by Evidently's; NDCG and Hit must agree within ``drift.recsys_tolerance``).
 
 The `drift` step (:mod:`bertrec.steps.drift`) writes ``outputs/drift/`` (an HTML report per check and
 ``verdict.json``) and ``metrics/drift.json``, and logs both to an MLflow run (:func:`log_verdict`).
@@ -38,17 +42,28 @@ import scipy.sparse as sp
 from bertrec.config import Params
 from bertrec.data.dataset import Dataset
 from bertrec.errors import DriftError
+from bertrec.mlops.drift.behaviour import BehaviourBasis
+from bertrec.mlops.drift.calibrate import (
+    decide,
+    embedding_scores,
+    interaction_scores,
+    periods_before,
+    prediction_scores,
+)
 from bertrec.mlops.drift.checks import (
     EMBEDDINGS,
+    INTERACTIONS,
+    PREDICTIONS,
     DriftCheck,
     Verdict,
     check_embeddings,
     check_interactions,
-    check_predictions,
     draw_user_sample,
     embedding_method,
     prediction_features,
 )
+from bertrec.mlops.drift.decay import DecayVerdict, decay_verdict, next_items, per_user_quality
+from bertrec.mlops.drift.policy import CHECKED, NO_CHAMPION, TOO_FEW_ROWS  # noqa: F401 (re-exported)
 from bertrec.ranking.scoring import Histories, mask_out, top_k
 
 log = logging.getLogger(__name__)
@@ -57,22 +72,34 @@ DRIFT_DIR = "drift"  # under paths.outputs
 DRIFT_METRICS = "drift.json"  # under paths.metrics
 RUN_FILE = "run.json"  # in the drift folder: the MLflow run the reports were logged to
 QUALITY = "quality"
+DECAY, LEGACY, RETRAIN = "decay", "legacy", "retrain"  # verdict.json sections: quality signal, old rule, decision
 K = 10
-# Statuses of a verdict: checked, or why nothing could be checked.
-CHECKED, NO_CHAMPION, TOO_FEW_ROWS = "checked", "no-champion", "too-few-rows"
 
 
 @dataclass(frozen=True)
 class DriftWindows:
-    """Rows of the prepared log by time: ``before`` (up to the reference end), ``reference`` (its last
-    stretch as long as the current window) and ``current`` (after the reference end)."""
+    """Rows of the prepared log by time: ``before`` (the champion's data, up to the reference end),
+    ``reference`` (its last stretch as long as the current window), ``history`` (every row before the
+    current window: the champion's data and what came between) and ``current`` (the newest rows)."""
 
     before: pd.DataFrame
     reference: pd.DataFrame
+    history: pd.DataFrame
     current: pd.DataFrame
     reference_start: float
     reference_end: float
+    current_start: float
     current_end: float
+
+    @property
+    def span(self) -> float:
+        """The length of the current window (and of the reference, and of each calibration period)."""
+        return self.current_end - self.current_start
+
+    @property
+    def lag(self) -> int:
+        """Whole windows between the reference's end and the current window's start (0: adjacent)."""
+        return int(round((self.current_start - self.reference_end) / self.span)) if self.span > 0 else 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,7 +108,8 @@ class DriftWindows:
                 "end": iso(self.reference_end),
                 "rows": len(self.reference),
             },
-            "current": {"start": iso(self.reference_end), "end": iso(self.current_end), "rows": len(self.current)},
+            "current": {"start": iso(self.current_start), "end": iso(self.current_end), "rows": len(self.current)},
+            "lag_windows": self.lag,
         }
 
 
@@ -89,19 +117,28 @@ def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
 
 
-def windows_of(interactions: pd.DataFrame, reference_end: float) -> DriftWindows:
-    """Split the log at ``reference_end``: see :class:`DriftWindows`. ``interactions`` need ``timestamp``."""
+def windows_of(interactions: pd.DataFrame, reference_end: float, window_days: float | None = None) -> DriftWindows:
+    """Split the log at ``reference_end``: see :class:`DriftWindows`. ``interactions`` need ``timestamp``.
+
+    The current window is the last ``window_days`` up to the newest row, or everything since
+    ``reference_end`` when that is shorter or ``window_days`` is None.
+    """
     stamps = interactions["timestamp"].to_numpy(np.float64)
     current_end = float(stamps.max()) if len(stamps) else reference_end
-    span = max(current_end - reference_end, 0.0)
+    current_start = reference_end
+    if window_days is not None:
+        current_start = max(reference_end, current_end - window_days * 86_400.0)
+    span = max(current_end - current_start, 0.0)
     before = stamps <= reference_end
     start = reference_end - span
     return DriftWindows(
         before=interactions[before],
         reference=interactions[before & (stamps > start)],
-        current=interactions[~before],
+        history=interactions[stamps <= current_start],
+        current=interactions[stamps > current_start],
         reference_start=start,
         reference_end=reference_end,
+        current_start=current_start,
         current_end=current_end,
     )
 
@@ -120,53 +157,125 @@ def recommend_for(scorer, histories: Histories, k: int = K) -> tuple[np.ndarray,
     return topk, first.astype(np.float64)
 
 
-def run_checks(recommender, data: Dataset, windows: DriftWindows, p: Params) -> tuple[Verdict, dict[str, Any], Any]:
-    """The three drift checks and the quality comparison; returns the verdict, the quality section and
-    Evidently's quality report (for its HTML)."""
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`run_checks` found: the calibrated verdict, the quality sections and Evidently's runs."""
+
+    verdict: Verdict
+    quality: dict[str, Any]  # the sampled users' current-window items: ours against Evidently's metrics
+    decay: DecayVerdict
+    legacy: dict[str, Any]  # the uncalibrated interaction check (per-row features, Evidently's thresholds)
+    reports: dict[str, Any]  # extra Evidently runs, by name (for their HTML)
+
+
+def run_checks(recommender, data: Dataset, windows: DriftWindows, p: Params, expected: dict[str, float]) -> Checked:
+    """The calibrated drift checks (bertrec.mlops.drift.calibrate), the quality signal against ``expected``
+    (the champion's registered NDCG@10 and Hit@10), and the quality comparison with Evidently."""
     from bertrec.serve.recommender import CatalogueScorer
 
     dp = p.drift
-    checks = [check_interactions(windows.reference, windows.current, data.items, dp)]
-    checks.append(_embedding_check(recommender, data, windows, p))
+    span, lag = max(windows.span, 1.0), windows.lag
+    periods = periods_before(windows.before, windows.reference_end, span, dp.calibration_periods + lag + 1)
+    basis = BehaviourBasis.of(data.items, windows.before["item_idx"].to_numpy(), data.n_items)
+    scored = [interaction_scores(periods, windows.current, basis, dp, INTERACTIONS, lag)] if periods else []
+    skipped = [] if periods else [DriftCheck.skipped(INTERACTIONS, dp.false_alarm_rate, "no reference rows")]
+
     scorer = CatalogueScorer(recommender, data.items)
+    popularity = np.bincount(windows.before["item_idx"].to_numpy(), minlength=data.n_items).astype(np.float64)
+    ordered = with_seq(data.interactions)
+    stamps = ordered["timestamp"].to_numpy(np.float64)
+
+    def recommend(time: float, users: np.ndarray) -> pd.DataFrame:
+        histories = Histories.from_frame(ordered[stamps <= time], users)
+        return prediction_features(*recommend_for(scorer, histories), popularity)
+
     before = with_seq(windows.before)
     users = draw_user_sample(before["user_idx"].to_numpy(), dp)
-    then, now = Histories.from_frame(before, users), Histories.from_frame(with_seq(data.interactions), users)
-    popularity = np.bincount(before["item_idx"].to_numpy(), minlength=data.n_items).astype(np.float64)
-    topk_then, first_then = recommend_for(scorer, then)
-    topk_now, first_now = recommend_for(scorer, now)
-    checks.append(
-        check_predictions(
-            prediction_features(topk_then, first_then, popularity),
-            prediction_features(topk_now, first_now, popularity),
-            dp,
+    first_seen = before.groupby("user_idx")["timestamp"].min().reindex(users).to_numpy(np.float64)
+    boundaries = [windows.reference_end - j * span for j in range(len(periods), -1, -1)]
+    scored.append(
+        prediction_scores(
+            recommend, boundaries, windows.current_end, users, lambda t: first_seen <= t, dp, PREDICTIONS, lag
         )
     )
+    embedding = _embedding_scores(recommender, data, windows, span, p)
+    if isinstance(embedding, DriftCheck):
+        skipped.append(embedding)
+    else:
+        scored.append(embedding)
+    decided = decide(scored, dp.false_alarm_rate)
+    checks = [
+        DriftCheck(d.scored.name, d.drift, d.score, dp.false_alarm_rate, d.details(), d.scored.runs[d.scored.name])
+        for d in decided
+    ]
+    reports = {k: v for d in decided for k, v in d.scored.runs.items() if k != d.scored.name}
+    topk_then, _ = recommend_for(scorer, Histories.from_frame(before, users))
     quality, report = _quality(topk_then, users, windows, before, data.n_items, dp.recsys_tolerance)
-    return Verdict.of(checks), quality, report
+    if report is not None:
+        reports[QUALITY] = report
+    legacy = check_interactions(windows.reference, windows.current, data.items, dp)
+    return Checked(
+        Verdict.of([*checks, *skipped]),
+        quality,
+        _decay(scorer, windows, data.n_items, expected, dp),
+        {"drift": legacy.drift, "share_drifted": legacy.score, "drift_share": legacy.threshold},
+        reports,
+    )
 
 
-def _embedding_check(recommender, data: Dataset, windows: DriftWindows, p: Params) -> DriftCheck:
+def _decay(scorer, windows: DriftWindows, n_items: int, expected, dp) -> DecayVerdict:
+    """The champion on each returning user's next item (bertrec.mlops.drift.decay): users of its data who
+    came back in the current window, ranked from everything they did before it."""
+    targets = next_items(windows.before, windows.current)
+    users = targets["user_idx"].to_numpy()
+    if not len(users):
+        return decay_verdict({}, expected, dp)
+    topk, _ = recommend_for(scorer, Histories.from_frame(with_seq(windows.history), users))
+    return decay_verdict(per_user_quality(topk, targets["item_idx"].to_numpy(), n_items), expected, dp)
+
+
+def _embedding_scores(recommender, data: Dataset, windows: DriftWindows, span: float, p: Params):
+    """The embedding check's statistics, or a skipped check (no text tower, too few new items)."""
     from bertrec.model.embed import encode_items
 
-    threshold = float(embedding_method(p.drift).threshold)
-    seen = np.unique(windows.before["item_idx"].to_numpy())
-    new = np.setdiff1d(np.unique(windows.current["item_idx"].to_numpy()), seen)
+    dp = p.drift
+    threshold = dp.false_alarm_rate
+    first = data.interactions.groupby("item_idx")["timestamp"].min()
+    seen = first.index[first.to_numpy() <= windows.reference_end].to_numpy()
+    new = first.index[first.to_numpy() > windows.reference_end].to_numpy()
     scorer = recommender.scorer
     if not scorer.model.items.use_text:
         return DriftCheck.skipped(
             EMBEDDINGS, threshold, "the champion's item tower has no text part (model.item_repr: id)"
         )
-    if len(new) < p.drift.min_new_items or len(seen) < 2:
+    if len(new) < dp.min_new_items or len(seen) < 2:
         return DriftCheck.skipped(
-            EMBEDDINGS, threshold, f"{len(new)} new items; the check needs drift.min_new_items={p.drift.min_new_items}"
+            EMBEDDINGS, threshold, f"{len(new)} new items; the check needs drift.min_new_items={dp.min_new_items}"
         )
     rows = np.r_[seen, new]
     texts = data.items["text"].to_numpy()[rows].tolist()
     # Text part only for every item (the row past the ID table has no ID embedding), so old and new
     # items are compared in the same space: the one a new item is recommended from.
     vectors = encode_items(scorer, texts, np.full(len(rows), scorer.n_items), p.model.encode_batch_size, progress=False)
-    return check_embeddings(vectors[: len(seen)], vectors[len(seen) :], p.drift)
+    at = np.full(data.n_items, -1, dtype=np.int64)
+    at[rows] = np.arange(len(rows))
+
+    method = embedding_method(dp)
+
+    def score(old: np.ndarray, fresh: np.ndarray) -> float:  # as check_embeddings scores, without the report
+        columns = [f"dim_{i}" for i in range(vectors.shape[1])]
+        frame = lambda rows: pd.DataFrame(vectors[at[rows]], columns=columns)  # noqa: E731
+        return float(method(frame(fresh), frame(old))[0])
+
+    stamps = first.to_numpy()
+    periods = []
+    for j in range(dp.calibration_periods, 0, -1):
+        start, stop = windows.reference_end - j * span, windows.reference_end - (j - 1) * span
+        fresh = first.index[(stamps > start) & (stamps <= stop)].to_numpy()
+        periods.append((first.index[stamps <= start].to_numpy(), fresh))
+    periods = [(old, fresh) for old, fresh in periods if len(old) >= 2]
+    check = check_embeddings(vectors[at[seen]], vectors[at[new]], dp)
+    return embedding_scores((check.score, check.drift, check.run), score, periods, seen, new, dp, EMBEDDINGS)
 
 
 def _quality(
@@ -229,6 +338,18 @@ def summary_metrics(payload: dict[str, Any]) -> dict[str, Any]:
         if f"{metric}@{K}" in quality.get("ours", {}):
             out[f"quality.{metric}@{K}"] = quality["ours"][f"{metric}@{K}"]
             out[f"quality.evidently.{metric}@{K}"] = quality["evidently"][f"{metric}@{K}"]
+    decay = payload.get(DECAY, {})
+    if decay.get("metrics"):  # measured (checked, or a baseline check): what later checks expect
+        out["decay"] = int(decay["decay"])
+        out["decay.users"] = decay["users"]
+        for metric, values in decay["metrics"].items():
+            out[f"decay.{metric}"] = values["observed"]
+            if "expected" in values:
+                out[f"decay.{metric}.expected"] = values["expected"]
+    if RETRAIN in payload:
+        out["retrain"] = int(payload[RETRAIN]["retrain"])
+    if LEGACY in payload:
+        out["legacy.drift"] = int(payload[LEGACY]["drift"])
     if "windows" in payload:
         out["current.rows"] = payload["windows"]["current"]["rows"]
     return out
