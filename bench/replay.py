@@ -101,17 +101,21 @@ def one(name: str, sets: list[str], steps: int, planted_at: str | None) -> None:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Alarms where the champion's quality did not decay, for the calibrated checks and the old rule."""
+    """Alarms where nothing was planted and the champion's quality did not decay (false alarms, for the
+    calibrated checks and the old rule), and what the planted shift led to."""
     checked = [r for r in rows if r["step"] > 0]
-    calm = [r for r in checked if not r["decay"]]
+    calm = [r for r in checked if not r["decay"] and not r["planted"]]
     planted = [r for r in checked if r["planted"]]
     first = planted[0] if planted else None
+    promoted = next((r["step"] for r in planted if r["retrained"] and r["promoted"]), None)
     return {
         "steps": len(rows),
+        "calm_steps": len(calm),
         "alarms_without_decay": sum(bool(r["drift_any"]) for r in calm),
         "old_rule_alarms_without_decay": sum(bool(r["legacy_drift"]) for r in calm),
         "alarms": sum(bool(r["drift_any"]) for r in checked),
         "old_rule_alarms": sum(bool(r["legacy_drift"]) for r in checked),
+        "decays": sum(bool(r["decay"]) for r in checked),
         "retrains": sum(bool(r["retrained"]) for r in checked),
         "old_rule_retrains": sum(bool(r["legacy_drift"]) for r in checked),
         "promoted": sum(bool(r["promoted"]) for r in checked),
@@ -119,6 +123,8 @@ def summarise(rows: list[dict]) -> dict:
         "planted_flagged": bool(first["drift_any"]) if first else None,
         "planted_retrained": bool(first["retrained"]) if first else None,
         "planted_promoted": bool(first["promoted"]) if first else None,
+        "planted_alarms": sum(bool(r["drift_any"]) for r in planted),
+        "first_promoted_retrain_after_plant": promoted,
     }
 
 
@@ -166,31 +172,59 @@ def report() -> str:
     data = json.loads((REPORTS / "replay.json").read_text())
     out = [
         f"Measured by `python bench/replay.py` on {data['machine']}: ten weekly steps from {START[:10]}, "
-        f"retrain policy `{data['policy']}`, false-alarm rate {data['false_alarm_rate']} per check run.",
+        f"retrain policy `{data['policy']}`, false-alarm rate {data['false_alarm_rate']} per check run, "
+        f"{' '.join(data['sets'])}.",
         "",
     ]
     for name, title in (("ml-100k", "ml-100k as it is"), ("planted", "ml-100k with a planted shift")):
-        run_ = data["logs"][name]
-        s = run_["summary"]
-        out += [
-            f"**{title}**: {s['alarms_without_decay']} calibrated alarms in the steps without decay "
-            f"(old rule: {s['old_rule_alarms_without_decay']}); {s['retrains']} retrains "
-            f"({s['promoted']} promoted) against {s['old_rule_retrains']} under the old policy."
-            + (
-                f" Planted at step {s['planted_step']}: flagged {mark_bool(s['planted_flagged'])}, "
-                f"retrained {mark_bool(s['planted_retrained'])}, promoted {mark_bool(s['planted_promoted'])}."
-                if s["planted_step"] is not None
-                else ""
-            ),
-            "",
-            *table(run_["rows"]),
-            "",
-        ]
-    for extra, heading in (("warm_start", "Warm start"), ("version_size", "Registered version size")):
-        path = REPORTS / f"{extra}.md"
-        if path.exists():
-            out += [f"**{heading}** (bench/reports/{extra}.md):", "", path.read_text().strip(), ""]
+        s = data["logs"][name]["summary"]
+        line = (
+            f"**{title}**: {s['alarms_without_decay']} calibrated alarms in the {s['calm_steps']} steps with "
+            f"nothing planted and no decay (the old rule: {s['old_rule_alarms_without_decay']}); {s['retrains']} "
+            f"retrains ({s['promoted']} promoted) against {s['old_rule_retrains']} under the old policy "
+            f"(retrain on every alarm of the old rule); decay said {s['decays']} times."
+        )
+        if s["planted_step"] is not None:
+            line += (
+                f" The shift, planted in step {s['planted_step']}'s new rows: flagged there "
+                f"{mark_bool(s['planted_flagged'])}, retrained {mark_bool(s['planted_retrained'])}, promoted "
+                f"{mark_bool(s['planted_promoted'])}; {s['planted_alarms']} alarms in the planted steps; the first "
+                f"promoted retrain came at step {s['first_promoted_retrain_after_plant']}."
+            )
+        out += [line, "", *table(data["logs"][name]["rows"]), ""]
+    out += extras()
     return "\n".join(out)
+
+
+def extras() -> list[str]:
+    """One line each for the warm start and the version size, from their reports when they exist."""
+    lines = []
+    warm = REPORTS / "warm_start.json"
+    if warm.exists():
+        s = json.loads(warm.read_text())["summary"]
+        boot = s["bootstrap_warm_minus_scratch"]
+        arms = s["arms"]
+        lines.append(
+            f"**Warm start against from scratch** (`python bench/warm_start.py`, bench/reports/warm_start.md; "
+            f"{len(s['seeds'])} seeds, one thread): {arms['warm']['wall_seconds']:.0f} s against "
+            f"{arms['scratch']['wall_seconds']:.0f} s ({s['speedup_wall']:.1f}x), loo test NDCG@10 "
+            f"{arms['warm']['NDCG@10 served']:.4f} against {arms['scratch']['NDCG@10 served']:.4f} "
+            f"({s['ndcg_relative']:+.1%}; paired bootstrap of the difference "
+            f"[{boot['low']:+.4f}, {boot['high']:+.4f}])."
+        )
+    size = REPORTS / "version_size.json"
+    if size.exists():
+        versions = json.loads(size.read_text())["versions"]
+        before, after = versions[0], versions[1]
+        encoder = before["parts"].get("bundle/model/encoder/", 0)
+        lines += [
+            "",
+            f"**A registered version** (`python bench/version_size.py`, bench/reports/version_size.md): "
+            f"{before['total_bytes'] / 1e6:.2f} MB with its encoder inside (before), "
+            f"{after['total_bytes'] / 1e6:.2f} MB with the shared encoder (after; the "
+            f"{encoder / 1e6:.1f} MB encoder stored once for all versions).",
+        ]
+    return lines
 
 
 def mark_bool(value) -> str:
@@ -198,6 +232,10 @@ def mark_bool(value) -> str:
 
 
 def write_report() -> None:
+    data = json.loads((REPORTS / "replay.json").read_text())
+    for log in data["logs"].values():  # the summaries follow the rows (and this file's definitions)
+        log["summary"] = summarise([_raw(r) for r in log["rows"]])
+    (REPORTS / "replay.json").write_text(json.dumps(data, indent=2) + "\n")
     text = report()
     (REPORTS / "replay.md").write_text(text + "\n")
     readme = ROOT / "README.md"

@@ -26,6 +26,24 @@ def paths_under(root: Path) -> list[str]:
     return [f"paths.{name}={root / name}" for name in PathsParams.model_fields]
 
 
+# `make test` runs the suite on two pytest-xdist workers with --dist loadgroup: the tests that share a
+# costly session fixture run on one worker, so that each fixture is built once (the rest are balanced).
+XDIST_GROUPS = {
+    "built_project": "built-project",
+    "project_copy": "built-project",
+    "quality_bundles": "quality",
+    "ray_cluster_root": "ray",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        groups = {XDIST_GROUPS[name] for name in getattr(item, "fixturenames", ()) if name in XDIST_GROUPS}
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(sorted(groups)[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def encoder_cache(tmp_path_factory: pytest.TempPathFactory):
     """Shared encoders that tests load go to a folder of the session (BERTREC_ENCODER_CACHE), not ~/.cache."""
