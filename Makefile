@@ -31,12 +31,12 @@ run: $(STAMP)
 	$(BIN)/python -m flows.training
 	$(BIN)/bertrec recommend --user 1 --k 5
 
-# Lint and format checks first (fast), then the suite on two workers (tests sharing a costly fixture
-# stay on one: tests/conftest.py).
+# Lint and format checks first (fast), then the suite on two workers (the test files sharing a costly
+# fixture stay on one: tests/conftest.py).
 test: $(RAY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 stack: $(STAMP)
 	$(BIN)/bertrec stack up

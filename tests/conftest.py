@@ -26,22 +26,43 @@ def paths_under(root: Path) -> list[str]:
     return [f"paths.{name}={root / name}" for name in PathsParams.model_fields]
 
 
-# `make test` runs the suite on two pytest-xdist workers with --dist loadgroup: the tests that share a
-# costly session fixture run on one worker, so that each fixture is built once (the rest are balanced).
-XDIST_GROUPS = {
+# `make test` runs the suite on two pytest-xdist workers. The test files that share a costly session
+# fixture run on one worker, so that each fixture is built once; every other test is balanced on its
+# own. (xdist's own `--dist loadgroup` cannot do this under pytest 9.2: it renames node ids through an
+# attribute pytest no longer reads.)
+XDIST_GROUPS = {  # a fixture named in a test file -> the group of that file (first match wins)
+    "ray_cluster_root": "ray",  # its own cluster; one of its tests copies the built project too
     "built_project": "built-project",
     "project_copy": "built-project",
     "quality_bundles": "quality",
-    "ray_cluster_root": "ray",
+    "strong_version": "quality",
+    "medium_version": "quality",
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        groups = {XDIST_GROUPS[name] for name in getattr(item, "fixturenames", ()) if name in XDIST_GROUPS}
-        if groups:
-            item.add_marker(pytest.mark.xdist_group(sorted(groups)[0]))
+def file_groups(tests: Path) -> dict[str, str]:
+    """``tests/<kind>/test_x.py`` -> its group, for the test files that name a grouped fixture."""
+    groups = {}
+    for path in sorted(tests.glob("*/test_*.py")):
+        text = path.read_text(encoding="utf-8")
+        found = next((group for name, group in XDIST_GROUPS.items() if name in text), None)
+        if found:
+            groups[path.relative_to(tests.parent).as_posix()] = found
+    return groups
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = file_groups(Path(str(config.rootpath)) / "tests")
+
+    class ByFixture(LoadScopeScheduling):
+        """A grouped file's tests are one unit of work; any other test is a unit of its own."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return groups.get(nodeid.split("::", 1)[0], nodeid)
+
+    return ByFixture(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
