@@ -93,6 +93,24 @@ def bundle_fingerprint(bundle: Path) -> str:
     return digest.hexdigest()
 
 
+# What MLflow answers for a registered model that does not exist, and for an alias it does not have.
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def champion_of(client: MlflowClient, name: str, uri: str, reader: str = ""):
+    """The model version the ``champion`` alias names, or None when there is none (no model, no alias yet).
+
+    Raises:
+        RegistryError: the registry cannot be read (an outage is not "no champion"); ``reader`` prefixes it.
+    """
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND:
+            raise RegistryError(f"{reader}cannot read the champion of {name} at {uri}: {exc}") from None
+        return None
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)

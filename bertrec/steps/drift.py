@@ -40,12 +40,9 @@ from bertrec.mlops.drift.monitor import (
     windows_of,
 )
 from bertrec.mlops.drift.policy import RetrainDecision, decide_retrain
-from bertrec.mlops.registry import CHAMPION
+from bertrec.mlops.registry import champion_of
 from bertrec.mlops.tracking import connect
 from bertrec.render import verdict_table
-
-# What MLflow answers for a registered model that does not exist, and for an alias it does not have.
-NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -72,11 +69,9 @@ def run(p: Params, run_tags: dict[str, str] | None = None) -> Outcome:
     name = p.mlflow.registered_model
     try:
         client = connect(p)
-        champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
-        if exc.error_code not in NOT_FOUND:
-            raise RegistryError(f"cannot read the champion of {name} at {p.mlflow.tracking_uri}: {exc}") from None
-        champion = None  # no such model, or no champion alias yet
+        raise RegistryError(f"cannot read the champion of {name} at {p.mlflow.tracking_uri}: {exc}") from None
+    champion = champion_of(client, name, p.mlflow.tracking_uri)
     data = load_dataset(p.paths.prepared)
     context: dict[str, Any] = {"status": CHECKED, "data_window": p.data.window.isoformat() if p.data.window else "all"}
     folder = p.paths.outputs / DRIFT_DIR

@@ -21,16 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bertrec.compute.engine import announce, engine_for
 from bertrec.config import Params
 from bertrec.data.dataset import load_dataset
 from bertrec.data.split import read_split
-from bertrec.errors import ConfigError, MissingInputError, RegistryError
-from bertrec.mlops.registry import CHAMPION as CHAMPION_ALIAS
-from bertrec.mlops.registry import download_version
+from bertrec.errors import ConfigError, MissingInputError
+from bertrec.mlops.registry import champion_of, download_version
 from bertrec.model.bundle import save_model, training_record
 from bertrec.model.ensemble import train_model
 from bertrec.model.train import CHECKPOINTS, PRIMARY
@@ -40,8 +38,6 @@ from bertrec.ranking.rerank import choose_beta
 from bertrec.ranking.results import write_training_metrics
 
 log = logging.getLogger(__name__)
-# MLflow's answers when the model or its alias does not exist (anything else is an outage)
-NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -68,12 +64,8 @@ def champion_version(p: Params) -> str | None:
         RegistryError: the registry cannot be read (an outage is not "no champion").
     """
     name, uri = p.mlflow.registered_model, p.mlflow.tracking_uri
-    try:
-        return str(MlflowClient(uri, uri).get_model_version_by_alias(name, CHAMPION_ALIAS).version)
-    except MlflowException as exc:
-        if exc.error_code not in NOT_FOUND:
-            raise RegistryError(f"train.init=champion: cannot read the champion of {name} at {uri}: {exc}") from None
-        return None
+    champion = champion_of(MlflowClient(uri, uri), name, uri, "train.init=champion: ")
+    return None if champion is None else str(champion.version)
 
 
 def find_start(p: Params, into: Path) -> Start:
