@@ -135,7 +135,7 @@ def train(
     Training starts where train.init says: scratch, the registry's champion (warm start; scratch when
     there is none yet) or a bundle folder; metrics/train.json records which, the epochs and the seconds.
     Checkpoints go to <bundle>/checkpoints after every epoch; an interrupted run resumes from the last.
-    Then the popularity re-ranking's beta is chosen on the validation users (rerank.*) and saved with it.
+    Then the re-ranking penalty (rerank.penalty) and its beta are chosen on the validation users and saved with it.
     """
     from bertrec.steps import train as step
 

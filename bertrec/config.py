@@ -155,8 +155,10 @@ class ModelParams(_Section):
 
 
 class RerankParams(_Section):
-    """Popularity-aware re-ranking (bertrec.ranking.rerank): scores minus beta x log(1 + training interactions)."""
+    """Re-ranking for coverage (bertrec.ranking.rerank): scores minus beta x log(1 + exposure or popularity)."""
 
+    penalty: Literal["exposure", "popularity"] = "exposure"
+    exposure_depth: int = Field(50, gt=0)
     beta: float | Literal["auto"] = "auto"
     coverage_target: float = Field(0.60, ge=0.0, le=1.0)
     max_ndcg_drop: float = Field(0.05, ge=0.0, lt=1.0)
@@ -165,7 +167,7 @@ class RerankParams(_Section):
     @model_validator(mode="after")
     def _non_negative(self) -> RerankParams:
         if (self.beta != "auto" and self.beta < 0) or min(self.grid, default=0.0) < 0:
-            raise ValueError("rerank.beta and rerank.grid must be non-negative (a penalty on popularity)")
+            raise ValueError("rerank.beta and rerank.grid must be non-negative (a penalty)")
         return self
 
 

@@ -6,7 +6,7 @@ bundle/
                 text_features.npy (the catalogue's encoder features, float16), encoder/ (HF folder +
                 tokenizer; bertrec.json: max_length and the precision features were read in),
                 histories.parquet (each known user's items, oldest first, for queries by user id),
-                penalty.npy (re-ranking's popularity penalty per item, when rerank.beta > 0)
+                penalty.npy (re-ranking's penalty per item, when rerank.beta > 0)
   embeddings/   vectors.npy (float16, unit norm), items.parquet (item_idx -> item_id), embeddings.json,
                 queries.npy (user vectors of sampled training users: the queries recall is measured on)
   index/        index.faiss, index.json (factory, search settings, recall@10 against exact search)
@@ -38,7 +38,7 @@ from bertrec.model.towers import TowerConfig, make_towers
 
 ITEM_COLUMNS = ["item_idx", "item_id", "text", "title"]
 TEXT_FEATURES = "text_features.npy"
-PENALTY = "penalty.npy"  # the popularity penalty of re-ranking, per catalogue row (bertrec.ranking.rerank)
+PENALTY = "penalty.npy"  # the re-ranking penalty, per catalogue row (bertrec.ranking.rerank)
 
 
 def save_model(

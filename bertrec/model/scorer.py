@@ -56,7 +56,7 @@ class TowerScorer(Scorer):
         self.device = device
         self.n_items = model.config.n_items
         self._catalogue: tuple[tuple, torch.Tensor] | None = None  # (parameter versions, item vectors)
-        # Popularity-aware re-ranking (bertrec.ranking.rerank): subtracted from every score; None: off.
+        # Re-ranking for coverage (bertrec.ranking.rerank): a per-item penalty subtracted from every score; None: off.
         self.penalty: np.ndarray | None = None
 
     def fit(self, train) -> TowerScorer:  # trained by bertrec.model.train.train, not here

@@ -156,8 +156,8 @@ class Recommender:
     ) -> list[list[Recommendation]]:
         """Top-``k`` items for each history; ties in score go to the lower catalogue row.
 
-        Scores are the model's (cosine or dot product / temperature) minus the popularity penalty
-        of re-ranking when the bundle has one. The index finds the best raw scores; with a penalty
+        Scores are the model's (cosine or dot product / temperature) minus the re-ranking penalty
+        when the bundle has one. The index finds the best raw scores; with a penalty
         the search deepens (doubling) until no item beyond it could still enter the top ``k``:
         its raw score is at most the deepest one found, and its penalty at least the smallest.
         """
@@ -227,7 +227,7 @@ class Recommender:
         vectors = encode_items(self.scorer, new_items["text"].tolist(), rows, progress=False)
         self.index.add(np.ascontiguousarray(vectors))
         self.vectors = np.vstack([self.vectors, vectors])
-        if self.scorer.penalty is not None:  # no training interaction: no popularity penalty
+        if self.scorer.penalty is not None:  # never trained on nor shown: no penalty
             self.scorer.penalty = np.r_[self.scorer.penalty, np.zeros(len(ids), np.float32)]
         added = pd.DataFrame({"item_idx": rows, "item_id": ids, "text": new_items["text"].to_numpy()})
         titles = new_items["title"] if "title" in new_items else new_items["text"]
@@ -245,7 +245,7 @@ class CatalogueScorer(Scorer):
     This is how a registered model is evaluated on data newer than itself (the promotion gate
     re-evaluates the champion on the current split): items it does not know are encoded from their
     text (:meth:`Recommender.add_items`), and every score is the model's on the stored float16
-    vectors, minus its popularity penalty, exactly as served.
+    vectors, minus its re-ranking penalty, exactly as served.
 
     Args:
         items: the catalogue to score (``item_idx`` = row, ``item_id``, ``text``).

@@ -5,8 +5,8 @@ champion, or from a bundle folder; a warm start copies that model's towers and t
 epochs (:mod:`bertrec.model.warm`). ``metrics/train.json`` records the start (mode, source,
 version, why), the epochs and the seconds; with no champion yet, the run says it started from scratch.
 
-After training, the popularity penalty of re-ranking is chosen on the validation users
-(:mod:`bertrec.ranking.rerank`) and saved with the model.
+After training, the re-ranking penalty (``rerank.penalty``: the model's own exposure by default) and
+its strength are chosen on the validation users (:mod:`bertrec.ranking.rerank`) and saved with the model.
 
 Checkpoints go to ``<bundle>/checkpoints`` after every epoch; an interrupted run resumes from the
 last one, and the folder is removed once the model is saved.
@@ -48,12 +48,13 @@ class Trained:
     folder: Path  # the bundle's model/
     rerank_beta: float = 0.0
     start: str = "from scratch"  # how training started
+    rerank_penalty: str = "exposure"  # what the re-ranking penalty measures (rerank.penalty)
 
     def summary(self) -> str:
         ndcg = self.best_valid.get(PRIMARY, float("nan"))
         return (
             f"trained on {self.split} {self.start}: best epoch {self.best_epoch}, valid {PRIMARY} {ndcg:.4f}, "
-            f"popularity penalty beta {self.rerank_beta:g} -> {self.folder}"
+            f"{self.rerank_penalty} penalty beta {self.rerank_beta:g} -> {self.folder}"
         )
 
 
@@ -153,4 +154,4 @@ def run(p: Params) -> Trained:
     write_training_metrics(record, p.paths.metrics)
     shutil.rmtree(work, ignore_errors=True)
     how = f"warm-started from {start.source}" if start.warm else "from scratch"
-    return Trained(split.name, result.best_epoch, result.best_valid, folder, choice.beta, how)
+    return Trained(split.name, result.best_epoch, result.best_valid, folder, choice.beta, how, choice.penalty)

@@ -1,4 +1,4 @@
-"""The quality levers: dot-product towers, SASRec as a baseline, popularity re-ranking, the paired bootstrap."""
+"""The quality levers: dot-product towers, SASRec as a baseline, re-ranking for coverage, the paired bootstrap."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bertrec.model.towers import EnsembleTowers, TowerConfig, TwoTower
 from bertrec.ranking.baselines import Popular, make_baselines
 from bertrec.ranking.evaluate import Cases, build_cases, evaluate, reference_of, train_set
 from bertrec.ranking.metrics import Reference, compute_metrics
-from bertrec.ranking.rerank import choose_beta, popularity_penalty
+from bertrec.ranking.rerank import choose_beta, exposure, popularity_penalty
 from bertrec.ranking.scoring import Histories, Scorer
 from bertrec.ranking.significance import paired_bootstrap, per_user
 
@@ -112,10 +112,11 @@ def test_auto_beta_is_the_smallest_that_reaches_the_coverage_target():
     # Given scores that favour five popular items over each user's tail positive
     scorer, cases, reference = rerank_case(n_items=200)
     plain = compute_metrics(scorer.recommend(cases.context, 10), cases.positives, reference, (10,))
-    tried = choose_beta(scorer, cases, reference, RerankParams(coverage_target=1.0, max_ndcg_drop=0.5), 1024).tried
+    by_popularity = RerankParams(penalty="popularity", coverage_target=1.0, max_ndcg_drop=0.5)
+    tried = choose_beta(scorer, cases, reference, by_popularity, 1024).tried
     target = (plain["Coverage@10"] + max(t["Coverage@10"] for t in tried)) / 2
     # When beta is chosen for a coverage between the plain lists' and the best reachable
-    choice = choose_beta(scorer, cases, reference, RerankParams(coverage_target=target, max_ndcg_drop=0.5), 1024)
+    choice = choose_beta(scorer, cases, reference, by_popularity.model_copy(update={"coverage_target": target}), 1024)
     # Then it is the smallest beta reaching it, left on the scorer, and its lists reach it
     reranked = compute_metrics(scorer.recommend(cases.context, 10), cases.positives, reference, (10,))
     assert choice.beta > 0 and np.allclose(scorer.penalty, popularity_penalty(reference.popularity, choice.beta))
@@ -139,11 +140,46 @@ def test_auto_beta_never_trades_more_ndcg_than_allowed():
 
 def test_a_fixed_beta_is_applied_as_set():
     scorer, cases, reference = rerank_case()
-    choice = choose_beta(scorer, cases, reference, RerankParams(beta=0.3), 1024)
+    choice = choose_beta(scorer, cases, reference, RerankParams(penalty="popularity", beta=0.3), 1024)
     assert choice.beta == 0.3 and len(choice.tried) == 1
     assert np.allclose(scorer.penalty, 0.3 * np.log1p(reference.popularity))
     off = choose_beta(scorer, cases, reference, RerankParams(beta=0.0), 1024)
     assert off.beta == 0.0 and scorer.penalty is None
+
+
+def test_exposure_counts_the_models_unpenalised_lists_per_thousand():
+    # Given a scorer that puts the five popular items at the top of every list, under a penalty that hides them
+    scorer, cases, reference = rerank_case(n_items=200)
+    hiding = np.r_[np.full(5, 10.0), np.zeros(195)].astype(np.float32)
+    scorer.penalty = hiding
+    # When its exposure is counted at depth 10
+    counts = exposure(scorer, cases, 10, 1024)
+    # Then it counts the lists without the penalty (appearances per 1,000 lists), and leaves the penalty as it was
+    assert scorer.penalty is hiding
+    scorer.penalty = None
+    lists = scorer.recommend(cases.context, 10)
+    assert np.allclose(counts, np.bincount(lists.ravel(), minlength=200) * 1000 / len(cases.users))
+    assert counts[:5].tolist() == [1000.0] * 5 and counts.sum() == 10 * 1000
+
+
+def test_the_exposure_penalty_spreads_what_the_model_over_shows_whatever_its_training_popularity():
+    # Given a model that shows everyone five items that are rare in training, then a second tier of ten,
+    # and training popularity elsewhere
+    scorer, cases, reference = rerank_case(n_items=200)
+    scorer.table[:, 10:20] += 0.5
+    popularity = np.r_[np.full(5, 2), np.full(5, 100), np.full(190, 2)]
+    reference = Reference(popularity, np.full(200, 0.1), reference.tail)
+    params = RerankParams(coverage_target=1.0, max_ndcg_drop=0.5, exposure_depth=10)
+    plain = compute_metrics(scorer.recommend(cases.context, 10), cases.positives, reference, (10,))
+    # When beta is chosen for each penalty
+    by_popularity = choose_beta(scorer, cases, reference, params.model_copy(update={"penalty": "popularity"}), 1024)
+    by_exposure = choose_beta(scorer, cases, reference, params, 1024)
+    # Then only the exposure penalty moves the over-shown items aside: more coverage and the users' own items
+    assert by_exposure.penalty == "exposure" and by_exposure.to_dict()["penalty"] == "exposure"
+    assert by_popularity.valid["Coverage@10"] == pytest.approx(plain["Coverage@10"])
+    assert by_exposure.valid["Coverage@10"] > plain["Coverage@10"] + 0.1
+    assert by_exposure.valid["NDCG@10"] > by_popularity.valid["NDCG@10"]
+    assert np.allclose(scorer.penalty, popularity_penalty(exposure(scorer, cases, 10, 1024), by_exposure.beta))
 
 
 def test_per_user_metrics_average_to_the_reported_ones():
