@@ -9,7 +9,8 @@ A score ``s`` becomes ``s - beta * log(1 + x)``, ``x`` per item by ``rerank.pena
   (bench/reports/model_table.md).
 - ``popularity``: the item's training interactions.
 
-Items nobody has seen (new items) lose nothing either way. ``rerank.beta: auto`` tries
+Items without training interactions (new items) lose nothing either way: the model may show a new
+item often, and that is how it gathers its first interactions. ``rerank.beta: auto`` tries
 ``rerank.grid`` on the validation users after training (never the test users) and keeps the
 smallest beta whose validation Coverage@10 reaches ``rerank.coverage_target`` without losing more
 than ``rerank.max_ndcg_drop`` of the unpenalised NDCG@10; when none reaches the target, the beta
@@ -51,9 +52,10 @@ def exposure(scorer, cases: Cases, depth: int, batch_size: int) -> np.ndarray:
 
 def penalty_signal(scorer, cases: Cases, reference: Reference, params: RerankParams, batch_size: int) -> np.ndarray:
     """What beta multiplies (see the module docstring): ``x`` per item, before ``log(1 + x)``."""
-    if params.penalty == "exposure":
-        return exposure(scorer, cases, params.exposure_depth, batch_size)
-    return np.asarray(reference.popularity, dtype=np.float64)
+    popularity = np.asarray(reference.popularity, dtype=np.float64)
+    if params.penalty == "exposure":  # an item nobody has interacted with yet needs exposure: none is held against it
+        return np.where(popularity > 0, exposure(scorer, cases, params.exposure_depth, batch_size), 0.0)
+    return popularity
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -180,6 +182,19 @@ def test_the_exposure_penalty_spreads_what_the_model_over_shows_whatever_its_tra
     assert by_exposure.valid["Coverage@10"] > plain["Coverage@10"] + 0.1
     assert by_exposure.valid["NDCG@10"] > by_popularity.valid["NDCG@10"]
     assert np.allclose(scorer.penalty, popularity_penalty(exposure(scorer, cases, 10, 1024), by_exposure.beta))
+
+
+def test_the_exposure_penalty_spares_items_without_training_interactions():
+    # Given five items shown to everyone, two of them new (no training interaction)
+    scorer, cases, reference = rerank_case(n_items=200)
+    popularity = reference.popularity.copy()
+    popularity[:2] = 0
+    reference = dataclasses.replace(reference, popularity=popularity)
+    # When the exposure penalty is set
+    choose_beta(scorer, cases, reference, RerankParams(beta=0.5, exposure_depth=10), 1024)
+    # Then the new ones keep their scores and the other three lose the most
+    assert (scorer.penalty[:2] == 0).all() and (scorer.penalty[2:5] == scorer.penalty.max()).all()
+    assert scorer.penalty.max() == np.float32(0.5 * np.log1p(1000.0))
 
 
 def test_per_user_metrics_average_to_the_reported_ones():
