@@ -113,6 +113,8 @@ def load_model(bundle: Path, device: str = "auto") -> tuple[TowerScorer, pd.Data
     scorer = TowerScorer(model, features, titles, dev)
     if (folder / PENALTY).exists():
         scorer.penalty = np.load(folder / PENALTY)
+        rerank = json.loads((folder / TRAINING).read_text()).get("rerank", {})
+        scorer.new_item_penalty = float(rerank.get("new_item_penalty", 0.0))
     scorer.model.eval()
     return scorer, items
 

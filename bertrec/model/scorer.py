@@ -58,6 +58,7 @@ class TowerScorer(Scorer):
         self._catalogue: tuple[tuple, torch.Tensor] | None = None  # (parameter versions, item vectors)
         # Re-ranking for coverage (bertrec.ranking.rerank): a per-item penalty subtracted from every score; None: off.
         self.penalty: np.ndarray | None = None
+        self.new_item_penalty = 0.0  # the penalty of an item added to the catalogue later (bertrec.ranking.rerank)
 
     def fit(self, train) -> TowerScorer:  # trained by bertrec.model.train.train, not here
         return self

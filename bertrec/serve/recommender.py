@@ -227,8 +227,9 @@ class Recommender:
         vectors = encode_items(self.scorer, new_items["text"].tolist(), rows, progress=False)
         self.index.add(np.ascontiguousarray(vectors))
         self.vectors = np.vstack([self.vectors, vectors])
-        if self.scorer.penalty is not None:  # never trained on nor shown: no penalty
-            self.scorer.penalty = np.r_[self.scorer.penalty, np.zeros(len(ids), np.float32)]
+        if self.scorer.penalty is not None:  # no training interaction: what the re-ranking charges such items
+            charge = np.full(len(ids), self.scorer.new_item_penalty, np.float32)
+            self.scorer.penalty = np.r_[self.scorer.penalty, charge]
         added = pd.DataFrame({"item_idx": rows, "item_id": ids, "text": new_items["text"].to_numpy()})
         titles = new_items["title"] if "title" in new_items else new_items["text"]
         if "title" in self.items:

@@ -121,8 +121,9 @@ def test_the_new_version_keeps_the_weights_and_grows_every_catalogue_part(
     vectors = np.load(new / EMBEDDINGS / "vectors.npy")
     assert len(vectors) == n + 3 and (vectors[:n] == np.load(old / EMBEDDINGS / "vectors.npy")).all()
     assert len(np.load(new / MODEL / "text_features.npy")) == n + 3
-    if (old / MODEL / "penalty.npy").exists():
-        assert (np.load(new / MODEL / "penalty.npy")[n:] == 0).all()
+    if (old / MODEL / "penalty.npy").exists():  # new items pay what the re-ranking charges items without interactions
+        charge = json.loads((old / MODEL / "training.json").read_text())["rerank"]["new_item_penalty"]
+        assert np.allclose(np.load(new / MODEL / "penalty.npy")[n:], charge)
     info = json.loads((new / INDEX / "index.json").read_text())
     assert info["n_items"] == n + 3 and info["recall_at_10"] >= 0.95
     # When the champion moves while an update runs (here: rolled back to 1 as the update decides), no alias moves

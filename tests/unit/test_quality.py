@@ -184,17 +184,25 @@ def test_the_exposure_penalty_spreads_what_the_model_over_shows_whatever_its_tra
     assert np.allclose(scorer.penalty, popularity_penalty(exposure(scorer, cases, 10, 1024), by_exposure.beta))
 
 
-def test_the_exposure_penalty_spares_items_without_training_interactions():
+def test_the_exposure_penalty_charges_items_without_training_interactions_the_average_exposure():
     # Given five items shown to everyone, two of them new (no training interaction)
     scorer, cases, reference = rerank_case(n_items=200)
     popularity = reference.popularity.copy()
     popularity[:2] = 0
     reference = dataclasses.replace(reference, popularity=popularity)
     # When the exposure penalty is set
-    choose_beta(scorer, cases, reference, RerankParams(beta=0.5, exposure_depth=10), 1024)
-    # Then the new ones keep their scores and the other three lose the most
-    assert (scorer.penalty[:2] == 0).all() and (scorer.penalty[2:5] == scorer.penalty.max()).all()
+    choice = choose_beta(scorer, cases, reference, RerankParams(beta=0.5, exposure_depth=10), 1024)
+    # Then the three warm ones lose the most, and the new ones pay as an item shown as often as the warm ones
+    # are on average: as items added later will
+    assert (scorer.penalty[2:5] == scorer.penalty.max()).all()
     assert scorer.penalty.max() == np.float32(0.5 * np.log1p(1000.0))
+    average = np.float32(0.5 * np.log1p(exposure(scorer, cases, 10, 1024)[2:].mean()))
+    assert (scorer.penalty[:2] == average).all() and 0 < average < scorer.penalty.max()
+    assert choice.new_item_penalty == scorer.new_item_penalty == average
+    assert choice.to_dict()["new_item_penalty"] == choice.new_item_penalty
+    # The popularity penalty charges them nothing
+    off = choose_beta(scorer, cases, reference, RerankParams(penalty="popularity", beta=0.5), 1024)
+    assert (scorer.penalty[:2] == 0).all() and off.new_item_penalty == scorer.new_item_penalty == 0.0
 
 
 def test_per_user_metrics_average_to_the_reported_ones():
