@@ -3,10 +3,12 @@
 Each run trains one model on one split with one seed (params.yaml plus the run's overrides) and
 evaluates it on the split's test targets: every seed's NDCG@10, Hit@10, Coverage@10 and TailHit@10
 (with the rest of the metrics) and their means and standard deviations. bertrec is reported with
-its popularity re-ranking (beta chosen on validation by the train stage's code) and without it,
-from the same trained model. SASRec is the `sasrec` baseline (baselines.sasrec). On loo, a paired
-bootstrap over users compares bertrec with SASRec (per-user NDCG@10 averaged over the seeds both
-ran), and the study that found params.yaml's settings is summarised from its database (tune.study).
+its re-ranking (rerank.penalty, beta chosen on validation by the train stage's code), with the
+popularity penalty instead, and without re-ranking, from the same trained model (kept under
+outputs/bench/model_table/bundles/, so a new variant is scored without retraining). SASRec is the
+`sasrec` baseline (baselines.sasrec). On loo, a paired bootstrap over users compares bertrec with
+SASRec (per-user NDCG@10 averaged over the seeds both ran), and the study that found the tuned
+settings is summarised from its database (tune.study).
 
 Every run's result is kept under outputs/bench/model_table/, so the table is built in pieces and
 resumed; ``--report`` only rebuilds the JSON, the Markdown and the README section from them.
@@ -35,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "bench" / "reports"
 RUNS_DIR = ROOT / "outputs" / "bench" / "model_table"
+BUNDLES = RUNS_DIR / "bundles"  # each bertrec run's trained model (not its re-ranking), reused by later runs
 README = ROOT / "README.md"
 MARK = "<!-- model_table.md -->"
 SHOWN = ("NDCG@10", "Hit@10", "Coverage@10", "TailHit@10", "MRR@10", "ARP@10")
@@ -58,13 +61,18 @@ TUNED = [
 RUNS = [
     ("sasrec", "loo", [], SEEDS),
     ("bertrec tuned", "loo", TUNED, SEEDS),
-    ("bertrec default", "loo", [], SEEDS[:2]),
+    ("bertrec default", "loo", [], SEEDS),
+    ("bertrec ensemble of 3 defaults", "loo", ["model.ensemble=3"], SEEDS),
     ("ablation: tuned, item_repr=id", "loo", [*TUNED, "model.item_repr=id"], SEEDS[:1]),
     ("ablation: tuned, item_repr=text", "loo", [*TUNED, "model.item_repr=text"], SEEDS[:1]),
     ("bertrec tuned", "cold_items", TUNED, SEEDS[:1]),
+    ("bertrec default", "cold_items", [], SEEDS[:1]),
 ]
 TARGETS = {"loo": ("test",), "cold_items": ("test_all", "test_new")}
-ORDER = ("bertrec tuned", "bertrec default", "sasrec", "ablation", "")  # rows in this order, by label prefix
+# each against SASRec
+COMPARED = ("bertrec default", "bertrec ensemble of 3 defaults", "bertrec tuned (popularity penalty)")
+# rows in this order, by label prefix
+ORDER = ("bertrec default", "bertrec ensemble", "bertrec tuned", "sasrec", "ablation", "")
 # bench/device_paths.py trains through fit() and writes its reports beside the older ones.
 OUT = ROOT / "bench" / "results"
 COLUMNS = ("NDCG@10", "Hit@10", "MRR@10", "Coverage@10", "ARP@10", "TailShare@10", "TailHit@10", "Gini@10")
@@ -104,10 +112,11 @@ def fit(split_name: str, overrides: list[str], seed: int):
 
 
 def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> list[dict]:
-    """Train and evaluate one (label, split, seed); returns its records (bertrec: with and without re-ranking)."""
+    """Train (or reload) and evaluate one (label, split, seed); its records (bertrec: each re-ranking and none)."""
     from bertrec.config import load_params
     from bertrec.data.dataset import load_dataset
     from bertrec.data.split import read_split
+    from bertrec.model.bundle import load_model, save_model
     from bertrec.model.ensemble import train_model
     from bertrec.model.sasrec import SASRec
     from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, targets, train_set
@@ -123,18 +132,29 @@ def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> lis
     began = time.perf_counter()
     if label == "sasrec":
         scorer = SASRec(params).fit_split(split, data.items)
-        best_epoch, beta, variants = scorer.best_epoch, None, [("sasrec", scorer, None)]
+        best_epoch, variants = scorer.best_epoch, [("sasrec", scorer, None, None, None)]
     else:
-        with tempfile.TemporaryDirectory() as work:
-            result = train_model(params, split, data.items, Path(work))
-        scorer, best_epoch = result.scorer, result.best_epoch
+        kept = BUNDLES / slug(label, split_name, seed)  # the trained model, so a new variant needs no retraining
+        if (kept / "model").exists():
+            scorer, _ = load_model(kept)
+            training = json.loads((kept / "model" / "training.json").read_text())
+            best_epoch, began = training["best_epoch"], time.perf_counter() - training["seconds"]
+        else:
+            with tempfile.TemporaryDirectory() as work:
+                result = train_model(params, split, data.items, Path(work))
+            scorer, best_epoch = result.scorer, result.best_epoch
+            save_model(scorer, data.items, kept, {"best_epoch": best_epoch, "seconds": time.perf_counter() - began})
         valid = build_cases(split, "valid").sample(params.train.valid_users, params.train.seed)
+        variants = [(f"{label} (no re-ranking)", scorer, None, 0.0, None)]
+        if params.rerank.penalty != "popularity":  # the other penalty beside it, from the same model
+            other = params.rerank.model_copy(update={"penalty": "popularity"})
+            beta = choose_beta(scorer, valid, reference, other, params.eval.batch_size).beta
+            variants.insert(0, (f"{label} (popularity penalty)", scorer, scorer.penalty, beta, "popularity"))
         beta = choose_beta(scorer, valid, reference, params.rerank, params.eval.batch_size).beta
-        penalty = scorer.penalty
-        variants = [(label, scorer, penalty), (f"{label} (no re-ranking)", scorer, None)]
+        variants.insert(0, (label, scorer, scorer.penalty, beta, params.rerank.penalty))
     seconds = time.perf_counter() - began
     records = []
-    for name, model, penalty in variants:
+    for name, model, penalty, beta, kind in variants:
         if hasattr(model, "penalty"):
             model.penalty = penalty
         metrics, users = {}, {}
@@ -151,7 +171,8 @@ def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> lis
                 "split": split_name,
                 "overrides": overrides,
                 "seed": seed,
-                "rerank_beta": beta if penalty is not None else 0.0,
+                "rerank_beta": beta,
+                "rerank_penalty": kind,
                 "train_seconds": round(seconds, 1),
                 "best_epoch": best_epoch,
                 "metrics": metrics,
@@ -183,6 +204,9 @@ def collect() -> list[dict]:
     records = []
     for path in sorted(RUNS_DIR.glob("*.json")):
         records += json.loads(path.read_text())
+    for record in records:  # runs from before rerank.penalty were re-ranked by popularity: their label says so
+        if record.get("rerank_beta") and "rerank_penalty" not in record:
+            record["label"], record["rerank_penalty"] = f"{record['label']} (popularity penalty)", "popularity"
     return records
 
 
@@ -285,8 +309,7 @@ def markdown(report: dict) -> str:
                 for name, values in RECBOLE.items():
                     cells = [f"{values[m]:.4f}" if m in values else "" for m in SHOWN]
                     lines.append("| " + " | ".join([name, "-", *cells]) + " |")
-    test = report.get("bootstrap")
-    if test:
+    for test in report.get("bootstrap") or []:
         lines.append(
             f"\nPaired bootstrap over the {len(test['seeds'])} common seeds' "
             f"loo test users ({test['resamples']} resamples): {test['a']} - {test['b']} NDCG@10 = "
@@ -325,7 +348,7 @@ def write_report(study: str | None = None) -> dict:
         },
         "seeds": list(SEEDS),
         "rows": summarise(records),
-        "bootstrap": bootstrap(records, "bertrec tuned", "sasrec"),
+        "bootstrap": [test for a in COMPARED if (test := bootstrap(records, a, "sasrec")) is not None],
         "study": study_summary(study),
     }
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -344,6 +367,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="runs whose label starts with this (repeatable)")
     parser.add_argument("--split", action="append", default=[], help="runs on this split only (repeatable)")
+    parser.add_argument("--seed", action="append", type=int, default=[], help="runs with this seed only (repeatable)")
     parser.add_argument("--report", action="store_true", help="only rebuild the report from the kept runs")
     parser.add_argument("--study", default=None, help="the study to summarise (default: tune.study)")
     args = parser.parse_args()
@@ -355,6 +379,8 @@ def main() -> None:
             if args.split and split_name not in args.split:
                 continue
             for seed in seeds:
+                if args.seed and seed not in args.seed:
+                    continue
                 path = RUNS_DIR / f"{slug(label, split_name, seed)}.json"
                 if path.exists():
                     continue
