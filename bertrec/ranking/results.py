@@ -76,6 +76,7 @@ def write_training_metrics(record: dict[str, Any], metrics_dir: Path) -> None:
     """``train.json`` (best epoch, validation metrics, epochs, start, seconds) and ``train_curve.csv``, atomically."""
     from bertrec.io import atomic_file, write_json
 
+    rerank = record.get("rerank", {})
     write_json(
         Path(metrics_dir) / TRAIN_FILE,
         {
@@ -83,7 +84,10 @@ def write_training_metrics(record: dict[str, Any], metrics_dir: Path) -> None:
             "best_epoch": record["best_epoch"],
             "epochs_run": len(record["epochs"]),
             "valid": record["best_valid"],
-            "rerank_beta": record.get("rerank", {}).get("beta", 0.0),
+            # the re-ranking (bertrec.ranking.rerank): its strength, what it measures, what new items pay
+            "rerank_beta": rerank.get("beta", 0.0),
+            "rerank_penalty": rerank.get("penalty"),
+            "new_item_penalty": rerank.get("new_item_penalty", 0.0),
             "init": record.get("init"),  # where training started: mode, source, version, why (bertrec.model.warm)
             "seconds": record.get("seconds"),  # training, from reading the starting model to the best weights
         },
