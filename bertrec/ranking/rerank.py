@@ -51,7 +51,8 @@ def exposure(scorer, cases: Cases, depth: int, batch_size: int) -> np.ndarray:
         topk = rank_cases(scorer, cases, depth, batch_size)
     finally:
         scorer.penalty = kept
-    counts = np.bincount(topk.ravel(), minlength=cases.positives.shape[1]).astype(np.float64)
+    shown = topk[topk >= 0]  # a list shorter than depth (a small catalogue) is padded with -1
+    counts = np.bincount(shown, minlength=cases.positives.shape[1]).astype(np.float64)
     return counts * 1000.0 / max(len(topk), 1)
 
 

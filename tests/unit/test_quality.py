@@ -162,6 +162,8 @@ def test_exposure_counts_the_models_unpenalised_lists_per_thousand():
     lists = scorer.recommend(cases.context, 10)
     assert np.allclose(counts, np.bincount(lists.ravel(), minlength=200) * 1000 / len(cases.users))
     assert counts[:5].tolist() == [1000.0] * 5 and counts.sum() == 10 * 1000
+    # and lists deeper than the catalogue (padded with -1) count the items they hold
+    assert exposure(scorer, cases, 250, 1024).tolist() == [1000.0] * 200
 
 
 def test_the_exposure_penalty_spreads_what_the_model_over_shows_whatever_its_training_popularity():
