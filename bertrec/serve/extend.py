@@ -1,10 +1,11 @@
 """A bundle with items added: the same weights, a larger catalogue, written as a new bundle.
 
 New items are placed from their text alone (:meth:`bertrec.serve.recommender.Recommender.add_items`:
-the item tower's text part, no ID embedding, no re-ranking penalty), as `embed` and `index` would
-place an item nobody has interacted with. Every part that lists the catalogue grows by their
-rows: the item table, the frozen encoder's text features, the penalty, the vectors and their id
-map, the FAISS index (the new vectors added to the trained index, its recall@10 measured again).
+the item tower's text part, no ID embedding, the penalty re-ranking charges an item without
+interactions), as `embed` and `index` would place an item nobody has interacted with. Every part
+that lists the catalogue grows by their rows: the item table, the frozen encoder's text features,
+the penalty, the vectors and their id map, the FAISS index (the new vectors added to the trained
+index, its recall@10 measured again).
 Everything else (towers, encoder or its reference, histories, training record, user queries) is
 copied as it is.
 """
