@@ -11,10 +11,13 @@ SASRec (per-user NDCG@10 averaged over the seeds both ran), and the study that f
 settings is summarised from its database (tune.study).
 
 Every run's result is kept under outputs/bench/model_table/, so the table is built in pieces and
-resumed; ``--report`` only rebuilds the JSON, the Markdown and the README section from them.
+resumed; ``--report`` only rebuilds the JSON, the Markdown and the README section from them. A kept
+bundle is reused whatever params.yaml says now: delete it (or its run's JSON and bundle) after
+changing the model's or training's params.
 
-    python bench/model_table.py                        # every run (about 2 hours on 2 CPU cores)
+    python bench/model_table.py    # every run: hours (one thread: a default 3-6 min, an ensemble 11-13)
     python bench/model_table.py --only sasrec --only bertrec   # some runs (labels start with these)
+    python bench/model_table.py --only "bertrec default" --seed 2026   # one seed (run lanes side by side)
     python bench/model_table.py --report --study ml100k-loo   # bench/reports/model_table.{json,md} and the README
 
 Run it after `make run` (it reads data/prepared and data/splits).
