@@ -40,7 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "bench" / "reports"
 RUNS_DIR = ROOT / "outputs" / "bench" / "model_table"
-BUNDLES = RUNS_DIR / "bundles"  # each bertrec run's trained model (not its re-ranking), reused by later runs
+# each bertrec run's trained model, by split, seed and the overrides that change training (not rerank.*):
+# later runs of the same model, a new re-ranking among them, reload it
+BUNDLES = RUNS_DIR / "bundles"
 README = ROOT / "README.md"
 MARK = "<!-- model_table.md -->"
 SHOWN = ("NDCG@10", "Hit@10", "Coverage@10", "TailHit@10", "MRR@10", "ARP@10")
@@ -65,6 +67,8 @@ RUNS = [
     ("sasrec", "loo", [], SEEDS),
     ("bertrec tuned", "loo", TUNED, SEEDS),
     ("bertrec default", "loo", [], SEEDS),
+    ("bertrec default, exposure depth 20", "loo", ["rerank.exposure_depth=20"], SEEDS),
+    ("bertrec default, exposure depth 100", "loo", ["rerank.exposure_depth=100"], SEEDS),
     ("bertrec ensemble of 3 defaults", "loo", ["model.ensemble=3"], SEEDS),
     ("ablation: tuned, item_repr=id", "loo", [*TUNED, "model.item_repr=id"], SEEDS[:1]),
     ("ablation: tuned, item_repr=text", "loo", [*TUNED, "model.item_repr=text"], SEEDS[:1]),
@@ -137,7 +141,8 @@ def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> lis
         scorer = SASRec(params).fit_split(split, data.items)
         best_epoch, variants = scorer.best_epoch, [("sasrec", scorer, None, None, None)]
     else:
-        kept = BUNDLES / slug(label, split_name, seed)  # the trained model, so a new variant needs no retraining
+        trained_by = [o for o in overrides if not o.startswith("rerank.")]  # re-ranking needs no retraining
+        kept = BUNDLES / slug(split_name, seed, *trained_by)
         if (kept / "model").exists():
             scorer, _ = load_model(kept)
             training = json.loads((kept / "model" / "training.json").read_text())
@@ -148,8 +153,8 @@ def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> lis
             scorer, best_epoch = result.scorer, result.best_epoch
             save_model(scorer, data.items, kept, {"best_epoch": best_epoch, "seconds": time.perf_counter() - began})
         valid = build_cases(split, "valid").sample(params.train.valid_users, params.train.seed)
-        variants = [(f"{label} (no re-ranking)", scorer, None, 0.0, None)]
-        if params.rerank.penalty != "popularity":  # the other penalty beside it, from the same model
+        variants = [] if trained_by != overrides else [(f"{label} (no re-ranking)", scorer, None, 0.0, None)]
+        if params.rerank.penalty != "popularity" and variants:  # the other penalty beside it, from the same model
             other = params.rerank.model_copy(update={"penalty": "popularity"})
             beta = choose_beta(scorer, valid, reference, other, params.eval.batch_size).beta
             variants.insert(0, (f"{label} (popularity penalty)", scorer, scorer.penalty, beta, "popularity"))
