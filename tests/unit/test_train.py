@@ -16,7 +16,7 @@ from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, train_
 from bertrec.ranking.metrics import Reference
 from bertrec.ranking.scoring import Histories
 
-from builders import cyclic_dataset
+from builders import cyclic_dataset, tiny_model
 
 
 def test_full_softmax_loss_matches_a_slow_reference():
@@ -101,20 +101,7 @@ def test_lazy_windows_equal_materialised_ones(length):
 
 
 def tiny_params(make_params, tiny_encoder, *extra: str):
-    return make_params(
-        f"model.encoder={tiny_encoder}",
-        "model.dim=16",
-        "model.layers=1",
-        "model.heads=2",
-        "model.max_history=8",
-        "model.dropout=0.0",
-        "train.batch_size=16",
-        "train.warmup_steps=5",
-        "train.lr=0.005",
-        "train.patience=50",
-        "eval.batch_size=32",
-        *extra,
-    )
+    return make_params(*tiny_model(tiny_encoder), "train.patience=50", *extra)
 
 
 def test_training_a_tiny_bert_learns_the_next_item(make_params, tiny_encoder, tmp_path):
