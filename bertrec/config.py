@@ -185,6 +185,7 @@ class TrainParams(_Section):
     negatives: int = Field(1024, gt=0)
     logq: bool = True
     logit_adjust: float = Field(0.0, ge=0.0)
+    window_phase: Literal["fixed", "random"] = "random"  # where each user's training windows are cut, per epoch
     patience: int = Field(10, gt=0)
     valid_users: int | None = Field(10_000, gt=0)
     seed: int = 2026

@@ -59,12 +59,15 @@ class TrainingWindows:
     """Training sequences, generated lazily: window ``s`` is ``items[starts[s]:ends[s]]``.
 
     :meth:`batch` right-aligns windows: ``inputs[b, t]`` is followed by ``targets[b, t]``; -1 is
-    empty. Only the flat histories and two offsets per window are held, never (windows, length).
+    empty. A window's targets before ``first_target[s]`` (positions in ``items``) are context only:
+    another window has them as targets. Only the flat histories and three offsets per window are
+    held, never (windows, length).
     """
 
     items: np.ndarray  # (total,) every history, concatenated
     starts: np.ndarray  # (S,) first item of each window
     ends: np.ndarray  # (S,) one past its last item
+    first_target: np.ndarray  # (S,) position of its first target
     length: int
 
     def __len__(self) -> int:
@@ -76,24 +79,45 @@ class TrainingWindows:
         at = ends - self.length - 1 + np.arange(self.length)[None, :]  # (B, L): position of each input
         filled = at >= starts
         inputs = np.where(filled, self.items[np.maximum(at, 0)], -1)
-        targets = np.where(filled, self.items[np.minimum(at + 1, len(self.items) - 1)], -1)
+        counted = filled & (at + 1 >= self.first_target[rows, None])
+        targets = np.where(counted, self.items[np.minimum(at + 1, len(self.items) - 1)], -1)
         return inputs, targets
 
 
-def make_windows(histories: Histories, length: int) -> TrainingWindows:
-    """Cut each history into windows of ``length + 1`` items, from its end backwards (no overlap).
+def make_windows(histories: Histories, length: int, phase: np.ndarray | None = None) -> TrainingWindows:
+    """Cut each history's targets (every item but its first) into windows of at most ``length``, from its end backwards.
 
-    Users in order; within a user, the newest window first.
+    Without ``phase`` the newest window holds the last ``length`` targets, the next the ``length``
+    before them, and so on. ``phase`` (per user, 0 to length - 1) moves every cut but the newest:
+    the newest window then holds the last ``phase`` targets (with the items before them as its
+    context), and the others follow from there. Every target is in exactly one window. Users in
+    order; within a user, the newest window first.
     """
     lengths = histories.lengths()
-    per_user = np.where(lengths >= 2, (lengths - 2) // length + 1, 0)  # windows per user
+    n_targets = np.maximum(lengths - 1, 0)
+    if phase is None:
+        phase = np.zeros(len(lengths), dtype=np.int64)
+    newest = np.minimum(np.where(phase > 0, phase, length), n_targets)  # targets of each user's newest window
+    per_user = np.where(n_targets > 0, 1 + -(-(n_targets - newest) // length), 0)  # windows per user
     user = np.repeat(np.arange(len(lengths)), per_user)
     nth = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # 0 = newest
-    ends = histories.indptr[1:][user] - nth * length
-    starts = np.maximum(histories.indptr[:-1][user], ends - length - 1)
-    if len(ends) == 0:
+    if len(user) == 0:
         raise ValueError("no training history has two or more items")
-    return TrainingWindows(np.asarray(histories.items, dtype=np.int64), starts, ends, length)
+    first, last = histories.indptr[:-1][user], histories.indptr[1:][user] - 1
+    top = np.where(nth == 0, last, last - newest[user] - (nth - 1) * length)  # each window's newest target
+    bottom = np.where(nth == 0, last - newest[user], top - length)  # the newest position it does not predict
+    ends = top + 1
+    starts = np.maximum(first, ends - length - 1)
+    return TrainingWindows(
+        np.asarray(histories.items, dtype=np.int64), starts, ends, np.maximum(bottom + 1, first + 1), length
+    )
+
+
+def epoch_windows(histories: Histories, length: int, phase: str, seed: int, epoch: int) -> TrainingWindows:
+    """This epoch's windows: ``fixed`` cuts every epoch alike; ``random`` draws each user's phase from (seed, epoch)."""
+    if phase == "fixed":
+        return make_windows(histories, length)
+    return make_windows(histories, length, np.random.default_rng([seed, epoch, 1]).integers(0, length, len(histories)))
 
 
 @dataclass
@@ -253,7 +277,8 @@ def train(
         data = make_text_samples(scorer, train.histories(), tp.text_user_positions)
         n_samples = len(data.targets)
     else:
-        data = make_windows(train.histories(), params.model.max_history)
+        histories = train.histories()
+        data = make_windows(histories, params.model.max_history)  # fixed cuts; window_phase random recuts per epoch
         n_samples = len(data)
     popularity = torch.tensor(train.popularity(), dtype=torch.float32) + 1.0
     log_pop = torch.log(popularity / popularity.sum()).to(device)
@@ -316,6 +341,9 @@ def train(
         seed = tp.seed * 100_003 + epoch + replicas.rank * 7_919  # dropout and negatives differ by rank
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        if not text_users and tp.window_phase != "fixed":
+            step_loss.data = epoch_windows(histories, params.model.max_history, tp.window_phase, tp.seed, epoch)
+            n_samples = len(step_loss.data)
         order = np.random.default_rng([tp.seed, epoch]).permutation(n_samples)  # the same on every rank
         model.train()
         losses = []

@@ -10,7 +10,7 @@ import torch
 
 from bertrec.data.split import split_loo
 from bertrec.model.losses import full_softmax_loss, logq_correct, sampled_softmax_loss
-from bertrec.model.train import make_windows, train
+from bertrec.model.train import epoch_windows, make_windows, train
 from bertrec.ranking.baselines import Popular
 from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, train_set
 from bertrec.ranking.metrics import Reference
@@ -100,6 +100,41 @@ def test_lazy_windows_equal_materialised_ones(length):
     assert np.array_equal(inputs, ref_in[order]) and np.array_equal(targets, ref_out[order])
 
 
+def test_a_random_phase_moves_the_cuts_and_keeps_every_target_once():
+    # Given user 0 with items [0..6] (targets 1..6) and phase 2, user 1 with [7, 8] and phase 1
+    histories = Histories(np.array([0, 7, 9]), np.arange(9))
+    windows = make_windows(histories, length=3, phase=np.array([2, 1]))
+    # Then the newest window predicts only the last 2 targets, reading 3 and 4 as context, and the cuts follow
+    inputs, targets = both(windows)
+    assert inputs == [[3, 4, 5], [1, 2, 3], [-1, -1, 0], [-1, -1, 7]]
+    assert targets == [[-1, 5, 6], [2, 3, 4], [-1, -1, 1], [-1, -1, 8]]
+
+
+@pytest.mark.parametrize("length", [1, 3, 50])
+def test_every_phase_predicts_each_target_once_with_its_own_history_as_context(length):
+    # Given random histories and random phases
+    rng = np.random.default_rng(length)
+    lengths = rng.integers(0, 40, 60)
+    histories = Histories(np.r_[0, np.cumsum(lengths)], rng.integers(0, 500, lengths.sum()))
+    flat = np.asarray(histories.items)
+    firsts = histories.indptr[:-1]
+    expected = np.setdiff1d(np.arange(len(flat)), firsts)  # the position of every item but a history's first
+    for epoch in range(4):
+        windows = epoch_windows(histories, length, "random", 7, epoch)
+        inputs, targets = windows.batch(np.arange(len(windows)))
+        # Then each of those positions is predicted once, from the item just before it
+        at = windows.ends[:, None] - length - 1 + np.arange(length)[None, :]  # each input's position
+        counted = targets >= 0
+        assert np.array_equal(np.sort((at + 1)[counted]), expected)
+        assert np.array_equal(inputs[counted], flat[at[counted]])
+        assert np.array_equal(targets[counted], flat[at[counted] + 1])
+        # And a window never reads another user's items
+        owner = np.searchsorted(histories.indptr, windows.starts, side="right")
+        assert np.array_equal(owner, np.searchsorted(histories.indptr, windows.ends - 1, side="right"))
+    # And the fixed phase is make_windows' own cut
+    assert both(epoch_windows(histories, length, "fixed", 7, 3)) == both(make_windows(histories, length))
+
+
 def tiny_params(make_params, tiny_encoder, *extra: str):
     return make_params(*tiny_model(tiny_encoder), "train.patience=50", *extra)
 
@@ -121,7 +156,7 @@ def test_training_a_tiny_bert_learns_the_next_item(make_params, tiny_encoder, tm
     assert [e.epoch for e in result.epochs] == list(range(1, 13))
 
 
-@pytest.mark.parametrize("extra", [(), ("train.loss=sampled", "train.negatives=8")])
+@pytest.mark.parametrize("extra", [(), ("train.loss=sampled", "train.negatives=8"), ("train.window_phase=random",)])
 def test_resume_after_a_crash_gives_the_same_weights(make_params, tiny_encoder, tmp_path, extra):
     data = cyclic_dataset(n_users=30)
     split = split_loo(data)
