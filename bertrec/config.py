@@ -126,6 +126,7 @@ class SASRecParams(_Section):
     epochs: int = Field(200, gt=0)
     patience: int = Field(10, gt=0)
     seed: int = 2026
+    window_phase: Literal["fixed", "random"] = "fixed"  # its own, as train.window_phase: where training windows are cut
     splits: tuple[Literal["loo", "ratio", "cold_items"], ...] = ("loo",)
 
 

@@ -53,6 +53,7 @@ def sasrec_params(params: Params) -> Params:
         epochs=sp.epochs,
         patience=sp.patience,
         seed=sp.seed,
+        window_phase=sp.window_phase,
         loss="auto",
         logit_adjust=0.0,
         weight_decay=0.0,

@@ -48,6 +48,9 @@ def test_sasrec_params_take_only_the_recipe_device_and_validation_users(make_par
     p = sasrec_params(make_params("train.lr=0.1", "model.dim=8", "train.valid_users=7", "baselines.sasrec.dropout=0.3"))
     assert (p.model.item_repr, p.model.score, p.model.temperature, p.model.dim) == ("id", "dot", 1.0, 64)
     assert (p.model.dropout, p.model.ff_mult, p.train.lr, p.train.valid_users) == (0.3, 4, 1e-3, 7)
+    # the windows' phase is the recipe's own too: bertrec's train.window_phase never reaches it
+    assert sasrec_params(make_params("train.window_phase=random")).train.window_phase == "fixed"
+    assert sasrec_params(make_params("baselines.sasrec.window_phase=random")).train.window_phase == "random"
 
 
 def test_sasrec_is_a_baseline_that_learns_the_next_item(make_params):
