@@ -62,18 +62,26 @@ TUNED = [
     "train.lr=0.001",
     "train.batch_size=32",
 ]
-# (label, split, overrides, seeds); "sasrec" trains the baseline, every other label the two-tower model.
+# Every run before train.window_phase: random became the default cut its training windows at fixed places.
+FIXED = "train.window_phase=fixed"
+# (label, split, overrides, seeds); labels starting "sasrec" train the baseline, every other label the two-tower model.
 RUNS = [
     ("sasrec", "loo", [], SEEDS),
-    ("bertrec tuned", "loo", TUNED, SEEDS),
+    ("sasrec, random windows", "loo", ["baselines.sasrec.window_phase=random"], SEEDS),
+    ("bertrec tuned", "loo", [*TUNED, FIXED], SEEDS),
     ("bertrec default", "loo", [], SEEDS),
-    ("bertrec default, exposure depth 20", "loo", ["rerank.exposure_depth=20"], SEEDS),
-    ("bertrec default, exposure depth 100", "loo", ["rerank.exposure_depth=100"], SEEDS),
+    ("bertrec default, fixed windows", "loo", [FIXED], SEEDS),
+    ("bertrec default, fixed windows, exposure depth 20", "loo", [FIXED, "rerank.exposure_depth=20"], SEEDS),
+    ("bertrec default, fixed windows, exposure depth 100", "loo", [FIXED, "rerank.exposure_depth=100"], SEEDS),
     ("bertrec ensemble of 3 defaults", "loo", ["model.ensemble=3"], SEEDS),
-    ("ablation: tuned, item_repr=id", "loo", [*TUNED, "model.item_repr=id"], SEEDS[:1]),
-    ("ablation: tuned, item_repr=text", "loo", [*TUNED, "model.item_repr=text"], SEEDS[:1]),
-    ("bertrec tuned", "cold_items", TUNED, SEEDS[:1]),
+    ("bertrec ensemble of 3 defaults, fixed windows", "loo", ["model.ensemble=3", FIXED], SEEDS),
+    ("ablation: default, item_repr=id", "loo", ["model.item_repr=id"], SEEDS),
+    ("ablation: default, item_repr=text", "loo", ["model.item_repr=text"], SEEDS),
+    ("ablation: tuned, item_repr=id", "loo", [*TUNED, "model.item_repr=id", FIXED], SEEDS[:1]),
+    ("ablation: tuned, item_repr=text", "loo", [*TUNED, "model.item_repr=text", FIXED], SEEDS[:1]),
+    ("bertrec tuned", "cold_items", [*TUNED, FIXED], SEEDS[:1]),
     ("bertrec default", "cold_items", [], SEEDS[:1]),
+    ("bertrec default, fixed windows", "cold_items", [FIXED], SEEDS[:1]),
 ]
 TARGETS = {"loo": ("test",), "cold_items": ("test_all", "test_new")}
 # each against SASRec
@@ -130,16 +138,17 @@ def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> lis
     from bertrec.ranking.rerank import choose_beta
     from bertrec.ranking.significance import per_user
 
-    seed_key = "baselines.sasrec.seed" if label == "sasrec" else "train.seed"
+    sasrec = label.startswith("sasrec")
+    seed_key = "baselines.sasrec.seed" if sasrec else "train.seed"
     params = load_params(ROOT / "params.yaml", [*overrides, f"train.split={split_name}", f"{seed_key}={seed}"])
     data = load_dataset(ROOT / params.paths.prepared)
     split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
     train_data = train_set(split, data.items)
     reference = reference_of(train_data)
     began = time.perf_counter()
-    if label == "sasrec":
+    if sasrec:
         scorer = SASRec(params).fit_split(split, data.items)
-        best_epoch, variants = scorer.best_epoch, [("sasrec", scorer, None, None, None)]
+        best_epoch, variants = scorer.best_epoch, [(label, scorer, None, None, None)]
     else:
         trained_by = [o for o in overrides if not o.startswith("rerank.")]  # re-ranking needs no retraining
         kept = BUNDLES / slug(split_name, seed, *trained_by)
