@@ -75,6 +75,9 @@ RUNS = [
     ("bertrec default, fixed windows, exposure depth 100", "loo", [FIXED, "rerank.exposure_depth=100"], SEEDS),
     ("bertrec ensemble of 3 defaults", "loo", ["model.ensemble=3"], SEEDS),
     ("bertrec ensemble of 3 defaults, fixed windows", "loo", ["model.ensemble=3", FIXED], SEEDS),
+    ("ablation: default, item_repr=id", "loo", ["model.item_repr=id"], SEEDS),
+    ("ablation: default, item_repr=id, ensemble of 3", "loo", ["model.item_repr=id", "model.ensemble=3"], SEEDS[:2]),
+    ("ablation: default, item_repr=text", "loo", ["model.item_repr=text"], SEEDS[:3]),
     ("ablation: tuned, item_repr=id", "loo", [*TUNED, "model.item_repr=id", FIXED], SEEDS[:1]),
     ("ablation: tuned, item_repr=text", "loo", [*TUNED, "model.item_repr=text", FIXED], SEEDS[:1]),
     ("bertrec tuned", "cold_items", [*TUNED, FIXED], SEEDS[:1]),
@@ -83,7 +86,12 @@ RUNS = [
 ]
 TARGETS = {"loo": ("test",), "cold_items": ("test_all", "test_new")}
 # each against both SASRecs
-COMPARED = ("bertrec default", "bertrec ensemble of 3 defaults", "bertrec tuned (popularity penalty)")
+COMPARED = (
+    "bertrec default",
+    "bertrec ensemble of 3 defaults",
+    "bertrec tuned (popularity penalty)",
+    "ablation: default, item_repr=id",
+)
 # the gate's SASRec (baselines.sasrec as in params.yaml) and the one with random windows (RecBole's figure)
 AGAINST = ("sasrec", "sasrec, random windows")
 # rows in this order, by label prefix
