@@ -8,7 +8,7 @@ popularity penalty instead, and without re-ranking, from the same trained model 
 outputs/bench/model_table/bundles/, so a new variant is scored without retraining). SASRec is the
 `sasrec` baseline (baselines.sasrec). On loo, a paired bootstrap over users compares bertrec with
 SASRec (per-user NDCG@10 averaged over the seeds both ran), and the study that found the tuned
-settings is summarised from its database (tune.study).
+settings is summarised from its database (tune.storage; --study names it).
 
 Every run's result is kept under outputs/bench/model_table/, so the table is built in pieces and
 resumed; ``--report`` only rebuilds the JSON, the Markdown and the README section from them
@@ -18,7 +18,7 @@ run's JSON and bundle) after changing the model's or training's params.
     python bench/model_table.py    # every run: hours (one thread: a default 3-6 min, an ensemble 11-13)
     python bench/model_table.py --only sasrec --only bertrec   # some runs (labels start with these)
     python bench/model_table.py --only "bertrec default" --seed 2026   # one seed (run lanes side by side)
-    python bench/model_table.py --report --study ml100k-loo   # bench/reports/model_table.{json,md} and the README
+    python bench/model_table.py --report   # bench/reports/model_table.{json,md} and the README
 
 Run it after `make run` (it reads data/prepared and data/splits).
 """
@@ -39,7 +39,8 @@ from model_report import ROOT, RUNS_DIR, SEEDS, write_report
 # later runs of the same model, a new re-ranking among them, reload it
 BUNDLES = RUNS_DIR / "bundles"
 # The best single model of study ml100k-loo (trial 6; trial 2 is the same with model.ensemble=3): the
-# README's tuned profile. params.yaml keeps the CPU defaults.
+# README's tuned profile. params.yaml keeps the CPU defaults. The report summarises that study.
+STUDY = "ml100k-loo"
 TUNED = [
     "model.score=dot",
     "model.ff_mult=4",
@@ -187,7 +188,7 @@ def main() -> None:
     parser.add_argument("--split", action="append", default=[], help="runs on this split only (repeatable)")
     parser.add_argument("--seed", action="append", type=int, default=[], help="runs with this seed only (repeatable)")
     parser.add_argument("--report", action="store_true", help="only rebuild the report from the kept runs")
-    parser.add_argument("--study", default=None, help="the study to summarise (default: tune.study)")
+    parser.add_argument("--study", default=STUDY, help=f"the study to summarise (default: {STUDY}, the tuned one's)")
     args = parser.parse_args()
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
     if not args.report:
