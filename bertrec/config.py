@@ -153,6 +153,7 @@ class ModelParams(_Section):
     score: Literal["cosine", "dot"] = "cosine"
     ff_mult: int = Field(2, gt=0)
     ensemble: int = Field(1, ge=1)
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # hybrid: share of warm item vectors trained without their ID part
 
 
 class RerankParams(_Section):

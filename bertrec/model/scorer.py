@@ -175,6 +175,7 @@ def build_towers(params: Params, split: Split, items: pd.DataFrame, engine: Engi
         temperature=mp.temperature,
         score=mp.score,
         ff_mult=mp.ff_mult,
+        id_dropout=mp.id_dropout,
     )
     model = TwoTower(config)
     known = np.zeros(split.n_items, dtype=bool)

@@ -40,6 +40,7 @@ class TowerConfig:
     score: str = "cosine"
     ff_mult: int = 2  # feed-forward width of the sequence tower, in multiples of dim
     ensemble: int = 1  # members (EnsembleTowers): dim is then the width of their concatenated vectors
+    id_dropout: float = 0.0  # hybrid, training only: share of item vectors computed without their ID part
 
     @property
     def unit_norm(self) -> bool:
@@ -76,6 +77,9 @@ class ItemTower(nn.Module):
         if self.use_id:
             ids = self.ids(items.clamp(max=self.config.n_items - 1))  # (n, dim)
             known = (items < self.config.n_items) & self.known[items.clamp(max=self.config.n_items - 1)]
+            if self.training and self.use_text and self.config.id_dropout > 0:
+                # as if new: the text part learns to place an item alone, on the scale of warm items' scores
+                known = known & (torch.rand(known.shape, device=known.device) >= self.config.id_dropout)
             parts.append(ids * known.unsqueeze(-1))
         out = torch.stack(parts).sum(0)
         return F.normalize(out, dim=-1) if self.config.unit_norm else out

@@ -45,6 +45,21 @@ def test_hybrid_leaves_the_id_part_out_for_unseen_and_new_items():
     assert not torch.allclose(model.items(text, torch.tensor([4])), text_only, atol=1e-3)
 
 
+def test_id_dropout_trains_some_warm_items_from_text_alone_and_never_serves_so():
+    # Given a hybrid tower with id_dropout 0.5 and one text read for 400 rows of the warm item 4
+    torch.manual_seed(0)
+    model = TwoTower(config(item_repr="hybrid", id_dropout=0.5))
+    text = torch.randn(1, 8).expand(400, 8)
+    items = torch.full((400,), 4)
+    text_only = torch.nn.functional.normalize(model.items.project(text[:1]), dim=-1)
+    # When training: about half the rows are the text part alone, the others keep the ID part
+    dropped = torch.isclose(model.items(text, items), text_only, atol=1e-6).all(dim=-1)
+    assert 150 < int(dropped.sum()) < 250
+    # When serving (eval mode): every row keeps it
+    model.eval()
+    assert not torch.isclose(model.items(text, items), text_only, atol=1e-3).all(dim=-1).any()
+
+
 def test_sequence_tower_is_causal_and_handles_padding():
     torch.manual_seed(0)
     model = TwoTower(config()).eval()
