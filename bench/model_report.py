@@ -35,6 +35,7 @@ TARGETS = {"loo": ("test",), "cold_items": ("test_all", "test_new")}
 # each against both SASRecs
 COMPARED = (
     "bertrec default",
+    "bertrec default, id dropout 0.3",
     "bertrec ensemble of 3 defaults",
     "bertrec tuned (popularity penalty)",
     "ablation: default, item_repr=id",

@@ -59,6 +59,7 @@ RUNS = [
     ("bertrec default, fixed windows", "loo", [FIXED], SEEDS),
     ("bertrec default, fixed windows, exposure depth 20", "loo", [FIXED, "rerank.exposure_depth=20"], SEEDS),
     ("bertrec default, fixed windows, exposure depth 100", "loo", [FIXED, "rerank.exposure_depth=100"], SEEDS),
+    ("bertrec default, id dropout 0.3", "loo", ["model.id_dropout=0.3"], SEEDS),
     ("bertrec ensemble of 3 defaults", "loo", ["model.ensemble=3"], SEEDS),
     ("bertrec ensemble of 3 defaults, fixed windows", "loo", ["model.ensemble=3", FIXED], SEEDS),
     ("ablation: default, item_repr=id", "loo", ["model.item_repr=id"], SEEDS),
@@ -68,6 +69,7 @@ RUNS = [
     ("ablation: tuned, item_repr=text", "loo", [*TUNED, "model.item_repr=text", FIXED], SEEDS[:1]),
     ("bertrec tuned", "cold_items", [*TUNED, FIXED], SEEDS[:1]),
     ("bertrec default", "cold_items", [], SEEDS[:1]),
+    ("bertrec default, id dropout 0.3", "cold_items", ["model.id_dropout=0.3"], SEEDS[:1]),
     ("bertrec default, fixed windows", "cold_items", [FIXED], SEEDS[:1]),
 ]
 # bench/device_paths.py trains through fit() and writes its reports beside the older ones.
