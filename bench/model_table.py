@@ -60,7 +60,11 @@ RUNS = [
     ("bertrec default, fixed windows, exposure depth 20", "loo", [FIXED, "rerank.exposure_depth=20"], SEEDS),
     ("bertrec default, fixed windows, exposure depth 100", "loo", [FIXED, "rerank.exposure_depth=100"], SEEDS),
     ("bertrec default, id dropout 0.3", "loo", ["model.id_dropout=0.3"], SEEDS),
+    ("bertrec default, id dropout 0.5", "loo", ["model.id_dropout=0.5"], SEEDS[:2]),
+    ("bertrec default, id dropout 0.15", "loo", ["model.id_dropout=0.15"], SEEDS[:2]),
     ("bertrec ensemble of 3 defaults", "loo", ["model.ensemble=3"], SEEDS),
+    ("bertrec ensemble of 3, id dropout 0.3", "loo", ["model.id_dropout=0.3", "model.ensemble=3"], SEEDS),
+    ("bertrec ensemble of 5, id dropout 0.3", "loo", ["model.id_dropout=0.3", "model.ensemble=5"], SEEDS),
     ("bertrec ensemble of 3 defaults, fixed windows", "loo", ["model.ensemble=3", FIXED], SEEDS),
     ("ablation: default, item_repr=id", "loo", ["model.item_repr=id"], SEEDS),
     ("ablation: default, item_repr=id, ensemble of 3", "loo", ["model.item_repr=id", "model.ensemble=3"], SEEDS),
@@ -116,10 +120,53 @@ def fit(split_name: str, overrides: list[str], seed: int):
     return record, result.scorer
 
 
+def kept_model(params, split, items, trained_by: list[str]):
+    """The model ``params`` train (``trained_by``: the run's overrides that change training), its best epoch and
+    training seconds; reloaded from BUNDLES when kept there, else trained and kept.
+
+    An ensemble's K members are the single models of seeds train.seed .. + K-1 (what
+    ``bertrec.model.ensemble.train_model`` trains), so each is reused from, or kept as, its own single-model
+    bundle: an ensemble row costs only the members no other run trained. Its best epoch is the first
+    member's, its seconds the members' sum.
+    """
+    from bertrec.model.bundle import load_model, save_model
+    from bertrec.model.ensemble import ensemble_of, train_model
+
+    seed = params.train.seed
+    kept = BUNDLES / slug(params.train.split, seed, *trained_by)
+    if (kept / "model").exists():
+        scorer, _ = load_model(kept)
+        training = json.loads((kept / "model" / "training.json").read_text())
+        return scorer, training["best_epoch"], training["seconds"]
+    k = params.model.ensemble
+    if k > 1:
+        single = [o for o in trained_by if not o.startswith("model.ensemble=")]
+        members = [
+            kept_model(
+                params.model_copy(
+                    update={
+                        "model": params.model.model_copy(update={"ensemble": 1}),
+                        "train": params.train.model_copy(update={"seed": seed + m}),
+                    }
+                ),
+                split,
+                items,
+                single,
+            )
+            for m in range(k)
+        ]
+        scorer, best_epoch, seconds = ensemble_of([m[0] for m in members]), members[0][1], sum(m[2] for m in members)
+    else:
+        began = time.perf_counter()
+        with tempfile.TemporaryDirectory() as work:
+            result = train_model(params, split, items, Path(work))
+        scorer, best_epoch, seconds = result.scorer, result.best_epoch, time.perf_counter() - began
+    save_model(scorer, items, kept, {"best_epoch": best_epoch, "seconds": seconds})
+    return scorer, best_epoch, seconds
+
+
 def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> list[dict]:
     """Train (or reload) and evaluate one (label, split, seed); its records (bertrec: each re-ranking and none)."""
-    from bertrec.model.bundle import load_model, save_model
-    from bertrec.model.ensemble import train_model
     from bertrec.model.sasrec import SASRec
     from bertrec.ranking.evaluate import build_cases, evaluate, reference_of, targets, train_set
     from bertrec.ranking.rerank import choose_beta
@@ -136,16 +183,8 @@ def run_one(label: str, split_name: str, overrides: list[str], seed: int) -> lis
         best_epoch, variants = scorer.best_epoch, [(label, scorer, None, None, None)]
     else:
         trained_by = [o for o in overrides if not o.startswith("rerank.")]  # re-ranking needs no retraining
-        kept = BUNDLES / slug(split_name, seed, *trained_by)
-        if (kept / "model").exists():
-            scorer, _ = load_model(kept)
-            training = json.loads((kept / "model" / "training.json").read_text())
-            best_epoch, began = training["best_epoch"], time.perf_counter() - training["seconds"]
-        else:
-            with tempfile.TemporaryDirectory() as work:
-                result = train_model(params, split, data.items, Path(work))
-            scorer, best_epoch = result.scorer, result.best_epoch
-            save_model(scorer, data.items, kept, {"best_epoch": best_epoch, "seconds": time.perf_counter() - began})
+        scorer, best_epoch, seconds = kept_model(params, split, data.items, trained_by)
+        began = time.perf_counter() - seconds
         valid = build_cases(split, "valid").sample(params.train.valid_users, params.train.seed)
         variants = [] if trained_by != overrides else [(f"{label} (no re-ranking)", scorer, None, 0.0, None)]
         if params.rerank.penalty != "popularity" and variants:  # the other penalty beside it, from the same model

@@ -28,6 +28,14 @@ Fit = Callable[[Params, Path, Callable[[EpochLog], None] | None, TowerScorer | N
 Initial = Callable[[Params, int], TowerScorer | None]  # (a member's params, its number) -> its starting model
 
 
+def ensemble_of(members: list[TowerScorer]) -> TowerScorer:
+    """The scorer of trained ``members`` (same configuration and items) averaged, in eval mode."""
+    first = members[0]
+    scorer = TowerScorer(EnsembleTowers.of([m.model for m in members]), first.text_features, first.titles, first.device)
+    scorer.model.eval()
+    return scorer
+
+
 def train_model(
     params: Params,
     split: Split,
@@ -63,10 +71,7 @@ def train_model(
         log.info("ensemble member %d of %d (seed %d)", member + 1, k, settings.train.seed)
         hook = on_epoch_end if member == 0 else None
         results.append(fit(settings, Path(work_dir) / f"member-{member}", hook, initial(settings, member)))
-    first = results[0].scorer
-    towers = EnsembleTowers.of([r.scorer.model for r in results])
-    scorer = TowerScorer(towers, first.text_features, first.titles, first.device)
-    scorer.model.eval()
+    scorer = ensemble_of([r.scorer for r in results])
     cases = build_cases(split, "valid").sample(params.train.valid_users, params.train.seed)
     topk = rank_cases(scorer, cases, 20, params.eval.batch_size)
     valid = compute_metrics(topk, cases.positives, reference_of(train_set(split, items)), (10, 20), cases.candidates)
