@@ -37,6 +37,8 @@ COMPARED = (
     "bertrec default",
     "bertrec default, id dropout 0.3",
     "bertrec ensemble of 3 defaults",
+    "bertrec ensemble of 3, id dropout 0.3",
+    "bertrec ensemble of 5, id dropout 0.3",
     "bertrec tuned (popularity penalty)",
     "ablation: default, item_repr=id",
 )

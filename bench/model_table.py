@@ -15,7 +15,7 @@ resumed; ``--report`` only rebuilds the JSON, the Markdown and the README sectio
 (bench/model_report.py). A kept bundle is reused whatever params.yaml says now: delete it (or its
 run's JSON and bundle) after changing the model's or training's params.
 
-    python bench/model_table.py    # every run: hours (one thread: a default 3-6 min, an ensemble 11-13)
+    python bench/model_table.py    # every run: hours (one thread: a model 3-7 min; an ensemble reuses its members)
     python bench/model_table.py --only sasrec --only bertrec   # some runs (labels start with these)
     python bench/model_table.py --only "bertrec default" --seed 2026   # one seed (run lanes side by side)
     python bench/model_table.py --report   # bench/reports/model_table.{json,md} and the README
@@ -74,6 +74,7 @@ RUNS = [
     ("bertrec tuned", "cold_items", [*TUNED, FIXED], SEEDS[:1]),
     ("bertrec default", "cold_items", [], SEEDS[:2]),
     ("bertrec default, id dropout 0.3", "cold_items", ["model.id_dropout=0.3"], SEEDS[:2]),
+    ("bertrec ensemble of 3, id dropout 0.3", "cold_items", ["model.id_dropout=0.3", "model.ensemble=3"], SEEDS[:2]),
     ("bertrec default, fixed windows", "cold_items", [FIXED], SEEDS[:1]),
 ]
 # bench/device_paths.py trains through fit() and writes its reports beside the older ones.
