@@ -237,6 +237,7 @@ class TuneParams(_Section):
                 "dim": [64, 128],
                 "layers": [1, 2, 3],
                 "ensemble": [1, 3],
+                "id_dropout": [0.0, 0.15, 0.3, 0.5],
             },
             "train": {
                 "lr": SpaceRange(low=3e-4, high=3e-3, log=True),
