@@ -131,7 +131,7 @@ def kept_model(params, split, items, trained_by: list[str]):
     member's, its seconds the members' sum.
     """
     from bertrec.model.bundle import load_model, save_model
-    from bertrec.model.ensemble import ensemble_of, train_model
+    from bertrec.model.ensemble import ensemble_of, member_params, train_model
 
     seed = params.train.seed
     kept = BUNDLES / slug(params.train.split, seed, *trained_by)
@@ -142,20 +142,7 @@ def kept_model(params, split, items, trained_by: list[str]):
     k = params.model.ensemble
     if k > 1:
         single = [o for o in trained_by if not o.startswith("model.ensemble=")]
-        members = [
-            kept_model(
-                params.model_copy(
-                    update={
-                        "model": params.model.model_copy(update={"ensemble": 1}),
-                        "train": params.train.model_copy(update={"seed": seed + m}),
-                    }
-                ),
-                split,
-                items,
-                single,
-            )
-            for m in range(k)
-        ]
+        members = [kept_model(member_params(params, m), split, items, single) for m in range(k)]
         scorer, best_epoch, seconds = ensemble_of([m[0] for m in members]), members[0][1], sum(m[2] for m in members)
     else:
         began = time.perf_counter()

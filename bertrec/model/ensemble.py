@@ -28,6 +28,21 @@ Fit = Callable[[Params, Path, Callable[[EpochLog], None] | None, TowerScorer | N
 Initial = Callable[[Params, int], TowerScorer | None]  # (a member's params, its number) -> its starting model
 
 
+def member_params(params: Params, member: int) -> Params:
+    """Member ``member``'s params of an ensemble: one model (``model.ensemble`` 1) with seed ``train.seed`` + member.
+
+    Members share the item text features, so an ensemble needs a frozen encoder (ConfigError otherwise).
+    """
+    if params.train.freeze_layers != "all" and params.model.item_repr != "id":
+        raise ConfigError("model.ensemble > 1 needs a frozen encoder (train.freeze_layers: all): members share it")
+    return params.model_copy(
+        update={
+            "model": params.model.model_copy(update={"ensemble": 1}),
+            "train": params.train.model_copy(update={"seed": params.train.seed + member}),
+        }
+    )
+
+
 def ensemble_of(members: list[TowerScorer]) -> TowerScorer:
     """The scorer of trained ``members`` (same configuration and items) averaged, in eval mode."""
     first = members[0]
@@ -58,16 +73,9 @@ def train_model(
     k = params.model.ensemble
     if k == 1:
         return fit(params, work_dir, on_epoch_end, initial(params, 0))
-    if params.train.freeze_layers != "all" and params.model.item_repr != "id":
-        raise ConfigError("model.ensemble > 1 needs a frozen encoder (train.freeze_layers: all): members share it")
     results = []
     for member in range(k):
-        settings = params.model_copy(
-            update={
-                "model": params.model.model_copy(update={"ensemble": 1}),
-                "train": params.train.model_copy(update={"seed": params.train.seed + member}),
-            }
-        )
+        settings = member_params(params, member)
         log.info("ensemble member %d of %d (seed %d)", member + 1, k, settings.train.seed)
         hook = on_epoch_end if member == 0 else None
         results.append(fit(settings, Path(work_dir) / f"member-{member}", hook, initial(settings, member)))
