@@ -48,17 +48,25 @@ AGAINST = ("sasrec", "sasrec, random windows")
 ORDER = ("bertrec default", "bertrec ensemble", "bertrec tuned", "sasrec", "ablation", "")
 
 
-def baselines(split_name: str) -> list[dict]:
-    """popular, itemknn and text-zero-shot (deterministic: one run each) on ``split_name``."""
+def setup(split_name: str, overrides: list[str], seed_key: str | None = None, seed: int | None = None):
+    """One run's params (params.yaml, ``overrides``, the split, ``seed_key`` = ``seed`` when given), the prepared
+    data and the split."""
     from bertrec.config import load_params
     from bertrec.data.dataset import load_dataset
     from bertrec.data.split import read_split
+
+    seeded = [f"{seed_key}={seed}"] if seed_key else []
+    params = load_params(ROOT / "params.yaml", [*overrides, f"train.split={split_name}", *seeded])
+    data = load_dataset(ROOT / params.paths.prepared)
+    return params, data, read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
+
+
+def baselines(split_name: str) -> list[dict]:
+    """popular, itemknn and text-zero-shot (deterministic: one run each) on ``split_name``."""
     from bertrec.ranking.baselines import make_baselines
     from bertrec.ranking.evaluate import evaluate_split
 
-    params = load_params(ROOT / "params.yaml", ["baselines.models=[popular, itemknn, text-zero-shot]"])
-    data = load_dataset(ROOT / params.paths.prepared)
-    split = read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
+    params, data, split = setup(split_name, ["baselines.models=[popular, itemknn, text-zero-shot]"])
     results = evaluate_split(make_baselines(params), split, data.items, params.eval.ks, params.eval.batch_size)
     return [
         {"label": name, "split": split_name, "seed": None, "metrics": {t: m for t, m in by.items() if t != "valid"}}

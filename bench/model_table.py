@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from model_report import ROOT, RUNS_DIR, SEEDS, write_report
+from model_report import ROOT, RUNS_DIR, SEEDS, setup, write_report
 
 # each bertrec run's trained model, by split, seed and the overrides that change training (not rerank.*):
 # later runs of the same model, a new re-ranking among them, reload it
@@ -84,17 +84,6 @@ COLUMNS = ("NDCG@10", "Hit@10", "MRR@10", "Coverage@10", "ARP@10", "TailShare@10
 
 def slug(*parts) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
-
-
-def setup(split_name: str, overrides: list[str], seed_key: str, seed: int):
-    """One run's params (params.yaml, ``overrides``, the split, ``seed_key``), the prepared data and the split."""
-    from bertrec.config import load_params
-    from bertrec.data.dataset import load_dataset
-    from bertrec.data.split import read_split
-
-    params = load_params(ROOT / "params.yaml", [*overrides, f"train.split={split_name}", f"{seed_key}={seed}"])
-    data = load_dataset(ROOT / params.paths.prepared)
-    return params, data, read_split(ROOT / params.paths.splits, split_name, data.n_users, data.n_items)
 
 
 def fit(split_name: str, overrides: list[str], seed: int):
